@@ -1,0 +1,68 @@
+"""Session-wide fixtures for real services: the local vLLM engine, PostgreSQL and Redis.
+
+The engine is started once per test session (about a minute on a warm cache). Set
+GPULEDGER_TEST_ENGINE_URL to reuse one that is already running (what developers do between runs).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def engine_url() -> Iterator[str]:
+    """Base URL (no /v1) of a real vLLM engine serving the tiny model as `tiny`."""
+    existing = os.environ.get("GPULEDGER_TEST_ENGINE_URL")
+    if existing:
+        yield existing.rstrip("/")
+        return
+    from serving.engine import EngineProcess
+
+    with EngineProcess.start(profile="tiny-cpu", port=free_port()) as engine:
+        yield engine.url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    return os.environ.get("GPULEDGER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> str:
+    return os.environ.get("GPULEDGER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture
+def postgres_db(postgres_admin_url: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test; yields its SQLAlchemy asyncpg URL."""
+    import asyncio
+
+    import asyncpg
+
+    name = f"gpuledger_test_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(postgres_admin_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    base = postgres_admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
