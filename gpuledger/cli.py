@@ -12,6 +12,7 @@ from collections.abc import Sequence
 # and return an exit code.
 _COMMAND_MODULES = (
     "serving.cli",
+    "serving.engine_cli",
     "sidecar.cli",
     "control_plane.cli",
     "dashboard.cli",

@@ -1,0 +1,277 @@
+"""GPU-second attribution for a continuous-batching engine (see docs/metering.md).
+
+One `EngineClock` per upstream engine. The engine is *busy* while at least one request is in
+service; busy GPU-seconds = busy wall time x gpus. Between consecutive events the busy time is
+split among the requests in service in proportion to their current work weight, measured in
+decode-step equivalents:
+
+* prefilling (admitted, no output token seen yet): ``max(1, uncached_prompt_tokens * f)`` where
+  ``f`` (the engine's ``prefill_cost_factor``) is the time of one prompt token relative to one
+  decode step of one sequence;
+* decoding: ``n`` (one token per step for each of its ``n`` sequences).
+
+The split uses a virtual-time integral, as GPS/WFQ fair-queueing schedulers do: the clock keeps
+``V(t) = integral dt / W(t)`` where ``W`` is the total weight in service, and a request of weight
+``w`` accrues ``w * dV`` GPU-seconds (times ``gpus``). A request only needs V at its last weight
+change, so every event is O(1) and the charges add up to the busy time exactly (up to float
+rounding): sum_i w_i * dt / W = dt.
+
+Pure module: no I/O, no asyncio; the caller supplies the events and (for tests) the clock.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+__all__ = ["AttributionMetrics", "EngineClock"]
+
+# Re-base virtual time once it passes this; keeps dV well above V's rounding step (V grows at
+# most one unit per wall second because every weight is >= 1).
+_REBASE_AT = float(2**20)
+
+
+class _Flight:
+    """State of one in-service request: O(1) memory, independent of its length."""
+
+    __slots__ = ("accrued", "decode_weight", "mark", "prefilling", "weight")
+
+    def __init__(self, weight: float, decode_weight: float, mark: float) -> None:
+        self.weight = weight
+        self.decode_weight = decode_weight
+        self.mark = mark  # V when `weight` last changed
+        self.accrued = 0.0  # charge (in busy wall-seconds, before x gpus) up to `mark`
+        self.prefilling = True
+
+
+def _finite_nonneg(value: float) -> float:
+    return value if value > 0.0 and math.isfinite(value) else 0.0
+
+
+class EngineClock:
+    """Busy/idle clock of one engine and the per-request split of its busy time."""
+
+    def __init__(
+        self,
+        engine: str,
+        gpus: int = 1,
+        prefill_cost_factor: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if gpus < 1:
+            raise ValueError("gpus must be >= 1")
+        if not (prefill_cost_factor >= 0.0 and math.isfinite(prefill_cost_factor)):
+            raise ValueError("prefill_cost_factor must be a finite number >= 0")
+        self.engine = engine
+        self.gpus = gpus
+        self.prefill_cost_factor = prefill_cost_factor
+        self._clock = clock
+        self._created = clock()
+        self._last = self._created  # time of the last event
+        self._v = 0.0  # virtual time V
+        self._w = 0.0  # total weight in service
+        self._busy = 0.0  # busy wall-seconds up to _last
+        self._attributed = 0.0  # charges of finished requests (wall-seconds, before x gpus)
+        self._flights: dict[str, _Flight] = {}
+
+    # --- events ----------------------------------------------------------------------------
+
+    def _advance(self) -> None:
+        now = self._clock()
+        dt = now - self._last
+        if not dt > 0.0:  # clock did not move (or went backwards, or NaN): nothing to split
+            return
+        self._last = now
+        if self._flights:
+            self._busy += dt
+            self._v += dt / self._w
+
+    def prefill_weight(self, prompt_tokens: int, cached_tokens: int = 0) -> float:
+        uncached = max(0, prompt_tokens - max(0, cached_tokens))
+        return max(1.0, uncached * self.prefill_cost_factor)
+
+    def admit(self, request_id: str, prompt_tokens: int, cached_tokens: int = 0, n: int = 1) -> None:
+        """The request enters service (the sidecar: right after sending it upstream)."""
+        if request_id in self._flights:
+            return
+        self._advance()
+        if not self._flights:
+            # Idle: nobody holds a mark, so re-basing V is free.
+            self._v = 0.0
+            self._w = 0.0
+        weight = self.prefill_weight(prompt_tokens, cached_tokens)
+        self._flights[request_id] = _Flight(weight, float(max(1, n)), self._v)
+        self._w += weight
+
+    def progress(self, request_id: str, output_tokens_total: int) -> None:
+        """A chunk arrived; `output_tokens_total` is cumulative. Only the first token matters:
+        it ends the prefill, so the request's weight drops to its decode weight."""
+        flight = self._flights.get(request_id)
+        if flight is None or not flight.prefilling or output_tokens_total < 1:
+            return
+        self._advance()
+        self._set_weight(flight, flight.decode_weight)
+        flight.prefilling = False
+
+    def finish(
+        self,
+        request_id: str,
+        *,
+        prompt_tokens: int | None = None,
+        cached_tokens: int | None = None,
+        output_tokens: int | None = None,
+    ) -> float:
+        """The request left service; returns the GPU-seconds charged to it (0 if unknown).
+
+        The final token counts are accepted for symmetry with the usage record but do not
+        change the charge: the busy time already elapsed was split with the weights known at the
+        time, and moving it between requests afterwards would need a scan (see docs/metering.md).
+        """
+        del prompt_tokens, cached_tokens, output_tokens
+        flight = self._flights.get(request_id)
+        if flight is None:
+            return 0.0
+        self._advance()  # before removing it: the time up to now was shared with this request
+        del self._flights[request_id]
+        charge = flight.accrued + flight.weight * (self._v - flight.mark)
+        self._w -= flight.weight
+        if not self._flights:
+            self._w = 0.0  # drop accumulated rounding
+        charge = _finite_nonneg(charge)
+        self._attributed += charge
+        if self._v > _REBASE_AT:
+            self._rebase()
+        return charge * self.gpus
+
+    def _set_weight(self, flight: _Flight, weight: float) -> None:
+        flight.accrued += flight.weight * (self._v - flight.mark)
+        flight.mark = self._v
+        self._w += weight - flight.weight
+        flight.weight = weight
+
+    def _rebase(self) -> None:
+        # O(n), but only once V has grown by 2**20 (about 12 days of busy wall time at W=1).
+        for flight in self._flights.values():
+            flight.accrued += flight.weight * (self._v - flight.mark)
+            flight.mark = 0.0
+        self._v = 0.0
+
+    # --- readings (include time up to now) --------------------------------------------------
+
+    def _now_busy(self) -> float:
+        now = self._clock()
+        extra = now - self._last if self._flights and now > self._last else 0.0
+        return self._busy + extra
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._flights)
+
+    @property
+    def busy_gpu_seconds(self) -> float:
+        return self._now_busy() * self.gpus
+
+    @property
+    def idle_gpu_seconds(self) -> float:
+        wall = self._clock() - self._created
+        return max(0.0, wall - self._now_busy()) * self.gpus
+
+    @property
+    def attributed_gpu_seconds(self) -> float:
+        """GPU-seconds charged to requests that have finished."""
+        return self._attributed * self.gpus
+
+    def accrued_gpu_seconds(self, request_id: str) -> float:
+        """What an in-flight request has been charged so far (0 if unknown)."""
+        flight = self._flights.get(request_id)
+        if flight is None:
+            return 0.0
+        return _finite_nonneg(self._accrued_now(flight)) * self.gpus
+
+    def _accrued_now(self, flight: _Flight) -> float:
+        now = self._clock()
+        v = self._v
+        if now > self._last and self._w > 0.0:
+            v += (now - self._last) / self._w
+        return flight.accrued + flight.weight * (v - flight.mark)
+
+    @property
+    def in_flight_accrued_gpu_seconds(self) -> float:
+        """Sum of the in-flight requests' charges so far. O(n): for scrapes, not the hot path."""
+        return sum(_finite_nonneg(self._accrued_now(f)) for f in self._flights.values()) * self.gpus
+
+    @property
+    def drift_ratio(self) -> float:
+        """(busy - attributed - in-flight accrued) / busy; 0 when the books balance."""
+        busy = self.busy_gpu_seconds
+        if busy <= 0.0:
+            return 0.0
+        return (busy - self.attributed_gpu_seconds - self.in_flight_accrued_gpu_seconds) / busy
+
+
+class _Collector(Collector):
+    def __init__(self) -> None:
+        self.clocks: dict[str, tuple[EngineClock, float | None]] = {}
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # no descriptions: registration must not read clocks
+
+    def collect(self) -> Iterator[Metric]:
+        busy = CounterMetricFamily(
+            "gpuledger_engine_busy_gpu_seconds",
+            "GPU-seconds the engine was busy (>=1 request in service)",
+            labels=["engine"],
+        )
+        attributed = CounterMetricFamily(
+            "gpuledger_attributed_gpu_seconds",
+            "GPU-seconds charged to finished requests",
+            labels=["engine"],
+        )
+        idle = CounterMetricFamily(
+            "gpuledger_engine_idle_gpu_seconds",
+            "GPU-seconds the engine was idle (attributed to no request)",
+            labels=["engine"],
+        )
+        drift = GaugeMetricFamily(
+            "gpuledger_attribution_drift_ratio",
+            "(busy - attributed - in-flight accrued) / busy; should stay near 0",
+            labels=["engine"],
+        )
+        gpus = GaugeMetricFamily("gpuledger_engine_gpus", "GPUs of the engine", labels=["engine"])
+        rate = GaugeMetricFamily(
+            "gpuledger_engine_hourly_rate_usd", "USD per engine GPU-hour", labels=["engine"]
+        )
+        inflight = GaugeMetricFamily(
+            "gpuledger_engine_in_service_requests",
+            "Requests the attribution clock sees in service",
+            labels=["engine"],
+        )
+        for name, (clock, hourly) in self.clocks.items():
+            busy.add_metric([name], clock.busy_gpu_seconds)
+            attributed.add_metric([name], clock.attributed_gpu_seconds)
+            idle.add_metric([name], clock.idle_gpu_seconds)
+            drift.add_metric([name], clock.drift_ratio)
+            gpus.add_metric([name], float(clock.gpus))
+            inflight.add_metric([name], float(clock.in_flight))
+            if hourly is not None:
+                rate.add_metric([name], hourly)
+        yield from (busy, attributed, idle, drift, gpus, rate, inflight)
+
+
+class AttributionMetrics:
+    """Exports every tracked clock at scrape time: nothing runs on the request path."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._collector = _Collector()
+        registry.register(self._collector)
+
+    def track(self, clock: EngineClock, hourly_rate_usd: float | None = None) -> None:
+        """Export `clock` (replacing any clock of the same engine name)."""
+        self._collector.clocks[clock.engine] = (clock, hourly_rate_usd)
+
+    def untrack(self, engine: str) -> None:
+        self._collector.clocks.pop(engine, None)

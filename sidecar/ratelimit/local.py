@@ -1,0 +1,116 @@
+"""In-process backend: GCRA buckets in a dict, concurrency as counters.
+
+The default for a single sidecar, and the fallback when Redis is down (`on_redis_error=open`).
+Everything runs on the event loop thread between two awaits, so a check-and-apply needs no lock.
+Concurrency needs no expiring leases here: the slots live and die with the process.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from sidecar.ratelimit.base import EPS_S, PERIOD_S, Decision, Quota, ScopeLimits, quota, tighter
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._tat: dict[tuple[str, str], float] = {}
+        self._slots: dict[str, int] = {}
+
+    async def acquire(
+        self, scopes: tuple[ScopeLimits, ...], reserved_tokens: int, lease_id: str
+    ) -> Decision:
+        return self.acquire_now(scopes, reserved_tokens)
+
+    def acquire_now(self, scopes: tuple[ScopeLimits, ...], reserved_tokens: int) -> Decision:
+        """The synchronous check (what the benchmark times)."""
+        now = self._clock()
+        tat = self._tat
+        plan: list[tuple[tuple[str, str], float]] = []
+        requests: Quota | None = None
+        tokens: Quota | None = None
+        for s in scopes:
+            for dim, limit, cost in (
+                ("requests", s.rpm, 1.0),
+                ("tokens", s.tpm, float(reserved_tokens)),
+                ("gpu_seconds", s.gpm, 0.0),
+            ):
+                if not limit:
+                    continue
+                key = (s.scope_id, dim)
+                start = tat.get(key, now)
+                if start < now:
+                    start = now
+                new = start + cost * (PERIOD_S / limit)
+                used = new - now
+                if used > PERIOD_S + EPS_S or (cost == 0.0 and start - now >= PERIOD_S):
+                    never = cost * (PERIOD_S / limit) > PERIOD_S + EPS_S
+                    return Decision(
+                        allowed=False,
+                        requests=requests,
+                        tokens=tokens,
+                        scope_id=s.scope_id,
+                        dimension=dim,  # type: ignore[arg-type]
+                        limit=limit,
+                        retry_after_s=None if never else max(used - PERIOD_S, 0.001),
+                    )
+                plan.append((key, new))
+                if dim == "requests":
+                    requests = tighter(requests, quota(limit, used))
+                elif dim == "tokens":
+                    tokens = tighter(tokens, quota(limit, used))
+            if s.concurrency and self._slots.get(s.scope_id, 0) >= s.concurrency:
+                return Decision(
+                    allowed=False,
+                    requests=requests,
+                    tokens=tokens,
+                    scope_id=s.scope_id,
+                    dimension="concurrency",
+                    limit=s.concurrency,
+                    retry_after_s=1.0,
+                )
+        # Every check passed: apply them all (a refused request consumed nothing above).
+        for key, new in plan:
+            tat[key] = new
+        for s in scopes:
+            if s.concurrency:
+                self._slots[s.scope_id] = self._slots.get(s.scope_id, 0) + 1
+        return Decision(allowed=True, requests=requests, tokens=tokens)
+
+    async def settle(
+        self,
+        scopes: tuple[ScopeLimits, ...],
+        lease_id: str,
+        token_delta: int,
+        gpu_seconds: float,
+    ) -> None:
+        now = self._clock()
+        for s in scopes:
+            if s.tpm and token_delta:
+                self._move((s.scope_id, "tokens"), token_delta * (PERIOD_S / s.tpm), now)
+            if s.gpm and gpu_seconds > 0:
+                self._move((s.scope_id, "gpu_seconds"), gpu_seconds * (PERIOD_S / s.gpm), now)
+            if s.concurrency:
+                left = self._slots.get(s.scope_id, 0) - 1
+                if left > 0:
+                    self._slots[s.scope_id] = left
+                else:
+                    self._slots.pop(s.scope_id, None)
+
+    def _move(self, key: tuple[str, str], delta_s: float, now: float) -> None:
+        new = max(self._tat.get(key, now), now) + delta_s
+        if new <= now:
+            self._tat.pop(key, None)
+        else:
+            self._tat[key] = new
+
+    async def heartbeat(self, leases: list[tuple[ScopeLimits, str]]) -> None:
+        return None
+
+    def in_use(self, scope_id: str) -> int:
+        """Concurrency slots held in `scope_id` (tests, debugging)."""
+        return self._slots.get(scope_id, 0)

@@ -1,0 +1,73 @@
+-- Admit one request against every scope at once, or against none (all-or-nothing).
+-- Times are milliseconds (floats). One bucket per (scope, dimension) holds its GCRA TAT.
+--
+-- KEYS: 4 per scope: requests TAT, tokens TAT, gpu-seconds TAT, concurrency lease ZSET
+-- ARGV[1] now in ms ('' = Redis TIME, shared by all replicas), ARGV[2] lease id,
+-- ARGV[3] lease ttl ms, ARGV[4] reserved tokens,
+-- then 4 per scope: rpm, tpm, gpu-seconds per minute, concurrency (0 = no limit)
+--
+-- Returns {1, rq_used, tok_used, ...} with 2 entries per scope ('' where no limit), or
+-- {0, scope index (0-based), dimension (1 req, 2 tok, 3 gpu, 4 conc), retry ms or '-1' (never)}.
+local PERIOD = 60000.0
+local EPS = 1e-6
+local now
+if ARGV[1] == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000.0 + tonumber(t[2]) / 1000.0
+else
+  now = tonumber(ARGV[1])
+end
+local lease = ARGV[2]
+local ttl = tonumber(ARGV[3])
+local reserved = tonumber(ARGV[4])
+local scopes = #KEYS / 4
+
+local sets = {}
+local leases = {}
+local out = {1}
+for i = 0, scopes - 1 do
+  local a = 4 + i * 4
+  local costs = {1.0, reserved, 0.0}
+  for d = 1, 3 do
+    local limit = tonumber(ARGV[a + d])
+    local used = ''
+    if limit > 0 then
+      local key = KEYS[i * 4 + d]
+      local per = PERIOD / limit
+      local start = tonumber(redis.call('GET', key)) or now
+      if start < now then start = now end
+      local cost = costs[d]
+      local new = start + cost * per
+      if cost * per > PERIOD + EPS then
+        return {0, tostring(i), tostring(d), '-1'}
+      end
+      if new - now > PERIOD + EPS or (cost == 0 and start - now >= PERIOD) then
+        local wait = new - now - PERIOD
+        if wait < 1 then wait = 1 end
+        return {0, tostring(i), tostring(d), string.format('%.3f', wait)}
+      end
+      sets[#sets + 1] = {key, new}
+      used = string.format('%.17g', new - now)
+    end
+    if d < 3 then out[#out + 1] = used end
+  end
+  local conc = tonumber(ARGV[a + 4])
+  if conc > 0 then
+    local key = KEYS[i * 4 + 4]
+    -- Leases whose holder stopped renewing them (a crashed sidecar) free their slots here.
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+    if redis.call('ZCARD', key) >= conc then
+      return {0, tostring(i), '4', '1000'}
+    end
+    leases[#leases + 1] = key
+  end
+end
+
+for _, s in ipairs(sets) do
+  redis.call('SET', s[1], string.format('%.17g', s[2]), 'PX', math.ceil(s[2] - now) + 1000)
+end
+for _, key in ipairs(leases) do
+  redis.call('ZADD', key, now + ttl, lease)
+  redis.call('PEXPIRE', key, math.ceil(ttl) + 1000)
+end
+return out

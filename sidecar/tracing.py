@@ -1,0 +1,58 @@
+"""OpenTelemetry tracing: one span per proxied request, W3C `traceparent` in and out.
+
+The tracer provider belongs to the app (tests build many apps, each with an in-memory exporter);
+it is never installed as the global provider. OTLP/HTTP export is switched on by the standard
+`OTEL_EXPORTER_OTLP_ENDPOINT` variable.
+"""
+
+from __future__ import annotations
+
+import os
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.trace import Span
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+def build_tracer_provider(
+    service_name: str, exporter: SpanExporter | None = None
+) -> TracerProvider:
+    """A provider for one app. `exporter` (tests) wins over OTLP from the environment."""
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    if exporter is not None:
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+    elif os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    ):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    return provider
+
+
+def parent_context(traceparent: str | None, tracestate: str | None) -> Context | None:
+    """The caller's trace context from its W3C headers, if it sent one."""
+    if not traceparent:
+        return None
+    carrier = {"traceparent": traceparent}
+    if tracestate:
+        carrier["tracestate"] = tracestate
+    return _PROPAGATOR.extract(carrier)
+
+
+def inject_headers(span: Span, headers: dict[str, str]) -> None:
+    """Add `traceparent` (and `tracestate`) for `span` to upstream request headers."""
+    _PROPAGATOR.inject(headers, context=trace.set_span_in_context(span))
+
+
+def trace_id_hex(span: Span) -> str | None:
+    ctx = span.get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else None

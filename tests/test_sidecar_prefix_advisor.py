@@ -1,0 +1,50 @@
+"""Prefix advisor: a feature whose prompt starts with a timestamp is flagged and its wasted
+prefill estimated; a fixed system prompt is not; memory stays bounded."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from sidecar.prefix_advisor import PrefixAdvisor
+
+SYSTEM = b"You are a helpful assistant for ACME. Answer briefly. " * 10
+
+
+def test_unstable_opening_is_reported_with_waste() -> None:
+    adv = PrefixAdvisor(window=50, min_observations=10, prefill_gpu_seconds_per_token=0.001)
+    for i in range(100):
+        adv.observe("stamped", f"Now is 2026-11-27T10:{i:04d}. ".encode() + SYSTEM, prompt_tokens=300)
+        adv.observe("stable", SYSTEM + f"user question {i}".encode(), prompt_tokens=300)
+    rows = {r.feature: r for r in adv.report()}
+    assert rows["stamped"].unstable and rows["stamped"].unstable_ratio == 1.0
+    # 91 requests after the first 9 (below min_observations); 300 tokens -> 256 cacheable.
+    assert rows["stamped"].wasted_prefill_gpu_seconds == pytest.approx(91 * 256 * 0.001)
+    assert "static content" in rows["stamped"].advice
+    assert not rows["stable"].unstable
+    assert rows["stable"].distinct_openings == 1 and rows["stable"].observations == 50
+    assert rows["stable"].wasted_prefill_gpu_seconds == 0.0
+    assert adv.report()[0].feature == "stamped"
+
+
+def test_short_prompts_waste_nothing_and_head_only_is_hashed() -> None:
+    adv = PrefixAdvisor(head_bytes=16, min_observations=2)
+    for i in range(30):
+        adv.observe("short", f"{i:03d} hello".encode(), prompt_tokens=50)  # < one 128-token block
+        adv.observe("tail-varies", b"0123456789abcdef" + str(i).encode())  # differs after the head
+    rows = {r.feature: r for r in adv.report()}
+    assert rows["short"].unstable and rows["short"].wasted_prefill_gpu_seconds == 0.0
+    assert rows["tail-varies"].distinct_openings == 1
+
+
+def test_bounded_features_and_metrics() -> None:
+    adv = PrefixAdvisor(max_features=3, window=5)
+    for i in range(10):
+        adv.observe(f"f{i}", b"x" * 1000)
+    assert {r.feature for r in adv.report()} == {"f0", "f1", "f2", "other"}
+    assert max(r.observations for r in adv.report()) == 5
+    registry = CollectorRegistry()
+    adv.register(registry)
+    text = generate_latest(registry).decode()
+    assert 'gpuledger_prefix_unstable_ratio{feature="f0"} 1.0' in text
+    assert 'gpuledger_prefix_wasted_prefill_gpu_seconds_total{feature="other"}' in text
