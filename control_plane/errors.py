@@ -69,8 +69,16 @@ class Unprocessable(ControlPlaneError):
     code = "unprocessable"
 
 
-_STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                 405: "method_not_allowed", 409: "conflict", 413: "too_large", 422: "unprocessable"}
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    422: "unprocessable",
+}
 
 # Shared OpenAPI entries so every route documents the uniform error body.
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {

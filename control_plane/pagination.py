@@ -10,7 +10,6 @@ from pydantic import BaseModel, Field
 
 from control_plane.errors import Unprocessable
 
-
 T = TypeVar("T")
 
 

@@ -13,12 +13,12 @@ from typing import Any
 from gpuledger.cli import CliError
 
 
-def register(sub: "argparse._SubParsersAction[Any]") -> None:
+def register(sub: argparse._SubParsersAction[Any]) -> None:
     _register_lint(sub)
     _register_size(sub)
 
 
-def _register_lint(sub: "argparse._SubParsersAction[Any]") -> None:
+def _register_lint(sub: argparse._SubParsersAction[Any]) -> None:
     lint = sub.add_parser(
         "lint",
         help="check vLLM profiles and feature/policy YAML for unbounded GPU spend",
@@ -46,7 +46,7 @@ def _lint(args: argparse.Namespace) -> int:
     return 0
 
 
-def _register_size(sub: "argparse._SubParsersAction[Any]") -> None:
+def _register_size(sub: argparse._SubParsersAction[Any]) -> None:
     size = sub.add_parser(
         "size",
         help="GPU memory for a model and workload: weights, KV cache, headroom, minimum TP",
@@ -57,11 +57,15 @@ def _register_size(sub: "argparse._SubParsersAction[Any]") -> None:
     size.add_argument("--model", help="known name or HF id, a config.json, or a model directory")
     size.add_argument("--max-model-len", type=int)
     size.add_argument("--max-num-seqs", type=int)
-    size.add_argument("--gpu", help="H100-80GB, H200-141GB, A100-80GB, A100-40GB, L40S-48GB, L4-24GB, A10G-24GB")
+    size.add_argument(
+        "--gpu", help="H100-80GB, H200-141GB, A100-80GB, A100-40GB, L40S-48GB, L4-24GB, A10G-24GB"
+    )
     size.add_argument("--quantization", choices=["awq", "awq_marlin", "gptq", "gptq_marlin", "fp8"])
     size.add_argument("--tp", type=int, help="tensor parallel size (default 1)")
     size.add_argument("--gpu-memory-utilization", type=float, help="default 0.9")
-    size.add_argument("--kv-cache-dtype", choices=["auto", "fp8"], help="default auto (model dtype)")
+    size.add_argument(
+        "--kv-cache-dtype", choices=["auto", "fp8"], help="default auto (model dtype)"
+    )
     size.add_argument("--json", action="store_true", help="machine-readable output")
     size.set_defaults(func=_size)
 
@@ -74,9 +78,11 @@ def _size(args: argparse.Namespace) -> int:
     opts: dict[str, Any] = {}
     try:
         if args.profile:
+            from serving.engine import cache_dir
+
             profile = load_profile(args.profile)
             opts = {
-                "model": profile.model, "max_model_len": profile.max_model_len,
+                "model": profile.resolved_model(cache_dir()), "max_model_len": profile.max_model_len,
                 "max_num_seqs": profile.max_num_seqs, "gpu": profile.gpu_type,
                 "quantization": profile.quantization, "tp": profile.tensor_parallel_size,
                 "gpu_memory_utilization": profile.gpu_memory_utilization,
@@ -86,7 +92,9 @@ def _size(args: argparse.Namespace) -> int:
                                                 "quantization", "tp", "gpu_memory_utilization",
                                                 "kv_cache_dtype")}  # fmt: skip
         opts.update({k: v for k, v in given.items() if v is not None})
-        missing = [k for k in ("model", "max_model_len", "max_num_seqs", "gpu") if opts.get(k) is None]
+        missing = [
+            k for k in ("model", "max_model_len", "max_num_seqs", "gpu") if opts.get(k) is None
+        ]
         if missing:
             flags = ", ".join("--" + k.replace("_", "-") for k in missing)
             raise CliError(f"size needs {flags} (or a --profile that sets them)")

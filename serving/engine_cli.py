@@ -8,7 +8,7 @@ from typing import Any
 from gpuledger.cli import CliError
 
 
-def register(sub: "argparse._SubParsersAction[Any]") -> None:
+def register(sub: argparse._SubParsersAction[Any]) -> None:
     engine = sub.add_parser("engine", help="run the vLLM engine from a workload profile")
     actions = engine.add_subparsers(dest="engine_command", required=True, metavar="ACTION")
 

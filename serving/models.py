@@ -126,10 +126,15 @@ def arch_from_config(config: Any, source: str) -> ModelArch:
     if not isinstance(config, dict):
         raise ModelError(f"{source}: config.json must be a JSON object")
     if isinstance(config.get("text_config"), dict):  # multimodal wrappers keep the LM inside
-        config = {**config["text_config"], **{k: v for k, v in config.items() if k == "quantization_config"}}
+        config = {
+            **config["text_config"],
+            **{k: v for k, v in config.items() if k == "quantization_config"},
+        }
     hidden = _require_int(config, "hidden_size", source)
     heads = _require_int(config, "num_attention_heads", source)
-    kv_heads = config.get("num_key_value_heads") or heads  # absent means classic multi-head attention
+    kv_heads = (
+        config.get("num_key_value_heads") or heads
+    )  # absent means classic multi-head attention
     head_dim = config.get("head_dim") or hidden // heads
     quant = config.get("quantization_config")
     return ModelArch(
@@ -177,7 +182,9 @@ def load_model(model: str) -> ModelArch:
     arch = lookup_known(model)
     if arch is None:
         known = ", ".join(sorted(KNOWN_MODELS))
-        raise ModelError(f"unknown model {model!r}: give a path to its config.json (known: {known})")
+        raise ModelError(
+            f"unknown model {model!r}: give a path to its config.json (known: {known})"
+        )
     return arch
 
 

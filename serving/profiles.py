@@ -73,7 +73,11 @@ class Profile(BaseModel):
         if self.gpu_memory_utilization is not None:
             args += ["--gpu-memory-utilization", str(self.gpu_memory_utilization)]
         if self.enable_prefix_caching is not None:
-            flag = "--enable-prefix-caching" if self.enable_prefix_caching else "--no-enable-prefix-caching"
+            flag = (
+                "--enable-prefix-caching"
+                if self.enable_prefix_caching
+                else "--no-enable-prefix-caching"
+            )
             args.append(flag)
         if self.quantization is not None:
             args += ["--quantization", self.quantization]

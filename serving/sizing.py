@@ -17,10 +17,11 @@ from serving.models import Gpu, ModelArch, ModelError
 GIB = 1024**3
 
 # Per-GPU memory vLLM needs beyond weights and KV cache: peak activations of the profiling forward
-# pass, CUDA graphs, the CUDA context and NCCL buffers. Measured on an H100 with an 8B-shaped Llama
-# (4096 ctx, 0.85 utilisation): 67.3 GiB budget - 13.0 GiB weights - 53 GiB KV pool = ~1.7 GiB
-# (/work/shared/notes/vllm-gpu.md). Rounded up to 2 GiB; with TP, activations shard like the weights,
-# so the figure holds per GPU for the larger models too. An estimate, not a guarantee.
+# pass, CUDA graphs, the CUDA context and NCCL buffers. Seen on an H100 (vLLM 0.26, 8B-shaped Llama
+# with a small vocabulary, 4096 ctx, 0.85 utilisation): 67.30 GiB budget - 13.00 GiB weights -
+# 53.09 GiB KV pool (434,976 tokens) = 1.21 GiB. Rounded up to 2 GiB for larger vocabularies (the
+# sampler's logits) and TP's NCCL buffers; with TP, activations shard like the weights. An
+# estimate, not a guarantee: docs/serving.md says how to check it against vLLM's start-up log.
 RUNTIME_OVERHEAD_GIB = 2.0
 
 # Bytes per linear-layer weight. 4-bit AWQ/GPTQ also store, per group of 128 weights, a 16-bit scale
@@ -95,7 +96,9 @@ def _kv_dtype_bytes(kv_cache_dtype: str) -> float:
 def _check_tp(arch: ModelArch, tp: int) -> None:
     # vLLM splits attention heads evenly across TP ranks and refuses other sizes.
     if tp < 1 or arch.num_heads % tp:
-        raise SizingError(f"tensor parallel size {tp} must divide the {arch.num_heads} attention heads")
+        raise SizingError(
+            f"tensor parallel size {tp} must divide the {arch.num_heads} attention heads"
+        )
 
 
 @dataclass(frozen=True)
@@ -142,8 +145,14 @@ def size(arch: ModelArch, gpu: Gpu, work: Workload, tp: int = 1) -> SizingResult
             f"max_model_len {work.max_model_len} exceeds the model's "
             f"max_position_embeddings {arch.max_position_embeddings}: vLLM will refuse it"
         )
-    if work.quantization and arch.quantization and work.quantization.split("_")[0] != arch.quantization:
-        warnings.append(f"checkpoint looks {arch.quantization}-quantized, sized as {work.quantization}")
+    if (
+        work.quantization
+        and arch.quantization
+        and work.quantization.split("_")[0] != arch.quantization
+    ):
+        warnings.append(
+            f"checkpoint looks {arch.quantization}-quantized, sized as {work.quantization}"
+        )
     return SizingResult(
         model=arch.name,
         params=arch.param_count(),
@@ -167,6 +176,10 @@ def size(arch: ModelArch, gpu: Gpu, work: Workload, tp: int = 1) -> SizingResult
     )
 
 
+def _params(n: int) -> str:
+    return f"{n / 1e9:.2f} B" if n >= 1e8 else f"{n / 1e6:.2f} M"
+
+
 def render(result: SizingResult, arch: ModelArch, work: Workload) -> str:
     """Human-readable report; every figure is per GPU."""
     r = result
@@ -175,7 +188,7 @@ def render(result: SizingResult, arch: ModelArch, work: Workload) -> str:
     heads = max(1, arch.num_kv_heads // r.tp)
     need = r.weights_gib + r.runtime_overhead_gib + r.kv_workload_gib
     lines = [
-        f"model             {r.model}: {r.params / 1e9:.2f} B params, {fmt} weights",
+        f"model             {r.model}: {_params(r.params)} params, {fmt} weights",
         f"gpu               {r.gpu} x{r.tp} (TP {r.tp}): {r.gpu_memory_gib:.2f} GiB each, "
         f"budget {r.budget_gib:.2f} GiB at {r.gpu_memory_utilization:.2f}",
         f"weights           {r.weights_gib:.2f} GiB per GPU",
@@ -195,7 +208,9 @@ def render(result: SizingResult, arch: ModelArch, work: Workload) -> str:
             f"starts but queues/preempts beyond {r.full_length_seqs} full-length sequences"
         )
     else:
-        lines.append("fits              no: vLLM will not start (no room for one full-length sequence)")
+        lines.append(
+            "fits              no: vLLM will not start (no room for one full-length sequence)"
+        )
     lines.append(f"minimum tp        {r.min_tp if r.min_tp else 'none up to 8 GPUs'}")
     lines += [f"warning           {w}" for w in r.warnings]
     return "\n".join(lines)

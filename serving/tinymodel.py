@@ -32,10 +32,10 @@ CHAT_TEMPLATE = (
 )
 BUILD_VERSION = "1"  # bump to force a rebuild of cached models when this recipe changes
 
-_SUBJECTS = "the gpu|a request|the batch|our team|the model|this feature|the cache|a token|the budget|every key".split("|")
-_VERBS = "runs|waits|streams|costs|serves|stops|grows|fits|counts|moves".split("|")
-_OBJECTS = "fast|slowly|on time|in the queue|under budget|per second|with care|again|for now|at night".split("|")
-_TOPICS = "metering|latency|budgets|tokens|caching|batching|routing|alerts|costs|limits".split("|")
+_SUBJECTS = ["the gpu", "a request", "the batch", "our team", "the model", "this feature", "the cache", "a token", "the budget", "every key"]
+_VERBS = ["runs", "waits", "streams", "costs", "serves", "stops", "grows", "fits", "counts", "moves"]
+_OBJECTS = ["fast", "slowly", "on time", "in the queue", "under budget", "per second", "with care", "again", "for now", "at night"]
+_TOPICS = ["metering", "latency", "budgets", "tokens", "caching", "batching", "routing", "alerts", "costs", "limits"]
 
 
 def _sentence(rng: random.Random) -> str:

@@ -16,13 +16,22 @@ The split uses a virtual-time integral, as GPS/WFQ fair-queueing schedulers do: 
 change, so every event is O(1) and the charges add up to the busy time exactly (up to float
 rounding): sum_i w_i * dt / W = dt.
 
+A request whose first token is never seen (a non-streamed response) would otherwise weigh as
+prefilling until it ends. So the prefill also ends at a deadline: admission time plus
+``PREFILL_SLACK x uncached tokens x`` the engine's prefill seconds per token, learnt from the
+first tokens of streamed requests (a ratio of moving averages of time-to-first-token and uncached
+prompt tokens) or given. Deadlines sit in a heap: O(log n) per request.
+
 Pure module: no I/O, no asyncio; the caller supplies the events and (for tests) the clock.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -33,19 +42,31 @@ __all__ = ["AttributionMetrics", "EngineClock"]
 # Re-base virtual time once it passes this; keeps dV well above V's rounding step (V grows at
 # most one unit per wall second because every weight is >= 1).
 _REBASE_AT = float(2**20)
+# A prefill deadline is this many times the learnt estimate: late enough that streamed requests
+# nearly always end their prefill by their real first token, not by the estimate.
+PREFILL_SLACK = 1.5
+_EWMA = 0.05  # weight of a new time-to-first-token sample
 
 
 class _Flight:
     """State of one in-service request: O(1) memory, independent of its length."""
 
-    __slots__ = ("accrued", "decode_weight", "mark", "prefilling", "weight")
+    __slots__ = (
+        "accrued", "admitted", "awaiting_first", "decode_weight", "mark", "prefilling",
+        "uncached", "weight",
+    )
 
-    def __init__(self, weight: float, decode_weight: float, mark: float) -> None:
+    def __init__(
+        self, weight: float, decode_weight: float, mark: float, admitted: float, uncached: int
+    ) -> None:
         self.weight = weight
         self.decode_weight = decode_weight
         self.mark = mark  # V when `weight` last changed
         self.accrued = 0.0  # charge (in busy wall-seconds, before x gpus) up to `mark`
-        self.prefilling = True
+        self.prefilling = True  # weighs as prefill (until first token or deadline)
+        self.awaiting_first = True  # first token not seen yet (feeds the prefill estimate)
+        self.admitted = admitted
+        self.uncached = uncached
 
 
 def _finite_nonneg(value: float) -> float:
@@ -61,6 +82,8 @@ class EngineClock:
         gpus: int = 1,
         prefill_cost_factor: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        prefill_seconds_per_token: float | None = None,
+        max_num_seqs: int | None = None,
     ) -> None:
         if gpus < 1:
             raise ValueError("gpus must be >= 1")
@@ -76,12 +99,31 @@ class EngineClock:
         self._w = 0.0  # total weight in service
         self._busy = 0.0  # busy wall-seconds up to _last
         self._attributed = 0.0  # charges of finished requests (wall-seconds, before x gpus)
-        self._flights: dict[str, _Flight] = {}
+        self._flights: dict[str, _Flight] = {}  # in service
+        self._max_seqs = max_num_seqs if max_num_seqs is None else max(1, max_num_seqs)
+        self._queue: OrderedDict[str, _Flight] = OrderedDict()  # sent, waiting for a slot
+        # Prefill deadlines: (due time, tie-breaker, flight); stale entries are skipped.
+        self._deadlines: list[tuple[float, int, _Flight]] = []
+        self._seq = itertools.count()
+        self._fixed_spt = prefill_seconds_per_token
+        self._ttft_avg = 0.0  # moving averages of streamed requests' time to first token ...
+        self._uncached_avg = 0.0  # ... and of their uncached prompt tokens
 
     # --- events ----------------------------------------------------------------------------
 
-    def _advance(self) -> None:
+    def _advance(self) -> float:
         now = self._clock()
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            due, _, flight = heapq.heappop(deadlines)
+            if flight.prefilling:  # else finished, or its first token came first
+                self._advance_to(due)
+                self._set_weight(flight, flight.decode_weight)
+                flight.prefilling = False
+        self._advance_to(now)
+        return now
+
+    def _advance_to(self, now: float) -> None:
         dt = now - self._last
         if not dt > 0.0:  # clock did not move (or went backwards, or NaN): nothing to split
             return
@@ -90,32 +132,79 @@ class EngineClock:
             self._busy += dt
             self._v += dt / self._w
 
+    @property
+    def prefill_seconds_per_token(self) -> float | None:
+        """The prefill-time estimate the deadlines use (given, or learnt; None until learnt)."""
+        if self._fixed_spt is not None:
+            return self._fixed_spt
+        if self._uncached_avg <= 0.0:
+            return None
+        return self._ttft_avg / self._uncached_avg
+
     def prefill_weight(self, prompt_tokens: int, cached_tokens: int = 0) -> float:
         uncached = max(0, prompt_tokens - max(0, cached_tokens))
         return max(1.0, uncached * self.prefill_cost_factor)
 
     def admit(self, request_id: str, prompt_tokens: int, cached_tokens: int = 0, n: int = 1) -> None:
-        """The request enters service (the sidecar: right after sending it upstream)."""
-        if request_id in self._flights:
+        """The request was sent upstream (the sidecar calls this right after sending it). It
+        enters service now, or, with `max_num_seqs` set and that many in service, waits in a
+        FIFO queue, as vLLM's first-come-first-served scheduler makes it wait."""
+        if request_id in self._flights or request_id in self._queue:
             return
-        self._advance()
+        now = self._advance()
+        uncached = max(0, prompt_tokens - max(0, cached_tokens))
+        weight = uncached * self.prefill_cost_factor
+        flight = _Flight(weight if weight > 1.0 else 1.0, float(max(1, n)), 0.0, now, uncached)
+        if self._max_seqs is not None and len(self._flights) >= self._max_seqs:
+            self._queue[request_id] = flight
+        else:
+            self._start(request_id, flight, now)
+
+    def _start(self, request_id: str, flight: _Flight, now: float) -> None:
         if not self._flights:
             # Idle: nobody holds a mark, so re-basing V is free.
             self._v = 0.0
             self._w = 0.0
-        weight = self.prefill_weight(prompt_tokens, cached_tokens)
-        self._flights[request_id] = _Flight(weight, float(max(1, n)), self._v)
-        self._w += weight
+        flight.mark = self._v
+        flight.admitted = now
+        self._flights[request_id] = flight
+        self._w += flight.weight
+        weight = flight.weight
+        uncached = flight.uncached
+        spt = self.prefill_seconds_per_token
+        if spt is not None and weight > flight.decode_weight:  # else the deadline changes nothing
+            due = now + PREFILL_SLACK * max(1, uncached) * spt
+            if math.isfinite(due):
+                heapq.heappush(self._deadlines, (due, next(self._seq), flight))
+                if len(self._deadlines) > 2 * len(self._flights) + 64:
+                    self._deadlines = [d for d in self._deadlines if d[2].prefilling]
+                    heapq.heapify(self._deadlines)
 
     def progress(self, request_id: str, output_tokens_total: int) -> None:
         """A chunk arrived; `output_tokens_total` is cumulative. Only the first token matters:
         it ends the prefill, so the request's weight drops to its decode weight."""
         flight = self._flights.get(request_id)
-        if flight is None or not flight.prefilling or output_tokens_total < 1:
+        if flight is None:
+            if output_tokens_total < 1 or request_id not in self._queue:
+                return
+            # A token from a request the model still queues: it is in service after all.
+            now = self._advance()
+            flight = self._queue.pop(request_id)
+            self._start(request_id, flight, now)
+        elif not flight.awaiting_first or output_tokens_total < 1:
             return
-        self._advance()
-        self._set_weight(flight, flight.decode_weight)
-        flight.prefilling = False
+        now = self._advance()
+        flight.awaiting_first = False
+        ttft = now - flight.admitted
+        if ttft > 0.0 and flight.uncached > 0:
+            if self._uncached_avg <= 0.0:
+                self._ttft_avg, self._uncached_avg = ttft, float(flight.uncached)
+            else:
+                self._ttft_avg += _EWMA * (ttft - self._ttft_avg)
+                self._uncached_avg += _EWMA * (flight.uncached - self._uncached_avg)
+        if flight.prefilling:
+            self._set_weight(flight, flight.decode_weight)
+            flight.prefilling = False
 
     def finish(
         self,
@@ -134,15 +223,21 @@ class EngineClock:
         del prompt_tokens, cached_tokens, output_tokens
         flight = self._flights.get(request_id)
         if flight is None:
+            # Unknown, or still queued in the model (cancelled before it was served): no charge.
+            self._queue.pop(request_id, None)
             return 0.0
-        self._advance()  # before removing it: the time up to now was shared with this request
+        now = self._advance()  # before removing it: the time up to now was shared with it
         del self._flights[request_id]
+        flight.prefilling = flight.awaiting_first = False  # its deadline entry is now stale
         charge = flight.accrued + flight.weight * (self._v - flight.mark)
         self._w -= flight.weight
         if not self._flights:
             self._w = 0.0  # drop accumulated rounding
         charge = _finite_nonneg(charge)
         self._attributed += charge
+        if self._queue and (self._max_seqs is None or len(self._flights) < self._max_seqs):
+            rid, waiting = self._queue.popitem(last=False)
+            self._start(rid, waiting, now)
         if self._v > _REBASE_AT:
             self._rebase()
         return charge * self.gpus
@@ -169,6 +264,11 @@ class EngineClock:
 
     @property
     def in_flight(self) -> int:
+        """Requests sent and not finished: in service plus queued."""
+        return len(self._flights) + len(self._queue)
+
+    @property
+    def in_service(self) -> int:
         return len(self._flights)
 
     @property
@@ -256,7 +356,7 @@ class _Collector(Collector):
             idle.add_metric([name], clock.idle_gpu_seconds)
             drift.add_metric([name], clock.drift_ratio)
             gpus.add_metric([name], float(clock.gpus))
-            inflight.add_metric([name], float(clock.in_flight))
+            inflight.add_metric([name], float(clock.in_service))
             if hourly is not None:
                 rate.add_metric([name], hourly)
         yield from (busy, attributed, idle, drift, gpus, rate, inflight)

@@ -34,7 +34,9 @@ def resolve_feature(policy: Policy, key: KeyPolicy, requested: str | None) -> Fe
     name = requested.strip() if requested else key.default_feature
     if name not in key.features and name != key.default_feature:
         raise PermissionDenied(
-            f"Key {key.id} may not use feature {name!r}.", code="feature_not_allowed", param="X-Feature"
+            f"Key {key.id} may not use feature {name!r}.",
+            code="feature_not_allowed",
+            param="X-Feature",
         )
     feature = policy.features.get(name)
     if feature is None:

@@ -86,9 +86,19 @@ class EngineSample:
     p95_e2e_s: float | None = None
 
 
+_WANTED = tuple(sorted({*_GAUGES, *_COUNTERS, *_HISTOGRAMS}))
+
+
+def _relevant_lines(text: str) -> str:
+    """Only the sample lines we read: vLLM's page also carries process/python metrics and many
+    histograms we ignore, and the parser is pure Python on the sidecar's event loop."""
+    return "\n".join(line for line in text.splitlines() if line.startswith(_WANTED)) + "\n"
+
+
 def parse_vllm_metrics(text: str, at: float) -> EngineSample:
     """Reduce vLLM's exposition text to one sample, summing over vLLM's own labels (model, engine)."""
     sample = EngineSample(at=at, up=True)
+    text = _relevant_lines(text)
     buckets: dict[str, dict[float, float]] = {}
     sums: dict[str, float] = {}
     seen_gauges: set[str] = set()
@@ -142,7 +152,7 @@ class EngineWatch:
 
     def __init__(
         self,
-        engines: Mapping[str, str],
+        engines: Mapping[str, str] | Callable[[], Mapping[str, str]],
         *,
         interval_s: float = 2.0,
         window_s: float = 60.0,
@@ -150,30 +160,37 @@ class EngineWatch:
         timeout_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.engines = {name: url.rstrip("/") for name, url in engines.items()}
+        # A callable follows the policy: engines added or removed there are watched next round.
+        self._engines = engines
         self.interval_s = interval_s
         self.window_s = window_s
         self.timeout_s = timeout_s
         self._clock = clock
         # Bounded: at most history_s / interval_s samples per engine (300 at the defaults).
-        maxlen = max(8, int(history_s / max(interval_s, 0.1)) + 1)
-        self._history: dict[str, deque[EngineSample]] = {
-            name: deque(maxlen=maxlen) for name in self.engines
-        }
-        self._tasks: list[asyncio.Task[None]] = []
+        self._maxlen = max(8, int(history_s / max(interval_s, 0.1)) + 1)
+        self._history: dict[str, deque[EngineSample]] = {}
+        self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def engines(self) -> dict[str, str]:
+        current = self._engines() if callable(self._engines) else self._engines
+        return {name: url.rstrip("/") for name, url in current.items()}
 
     # --- feeding -------------------------------------------------------------------------------
 
     def ingest(self, engine: str, text: str | None) -> EngineSample:
         """Record one scrape (`None`: the engine did not answer) and derive the window P95s."""
         now = self._clock()
-        hist = self._history.setdefault(engine, deque(maxlen=300))
-        if text is None:
-            sample = EngineSample(at=now, up=False)
-        else:
-            sample = parse_vllm_metrics(text, now)
-            base = self._at_or_before(hist, now - self.window_s)
+        sample = EngineSample(at=now, up=False) if text is None else parse_vllm_metrics(text, now)
+        return self.record(engine, sample)
+
+    def record(self, engine: str, sample: EngineSample) -> EngineSample:
+        hist = self._history.get(engine)
+        if hist is None:
+            hist = self._history[engine] = deque(maxlen=self._maxlen)
+        if sample.up:
+            base = self._at_or_before(hist, sample.at - self.window_s)
             for short, attr in (("ttft", "p95_ttft_s"), ("e2e", "p95_e2e_s")):
                 newer = sample.histograms.get(short)
                 older = base.histograms.get(short) if base else None
@@ -195,9 +212,9 @@ class EngineWatch:
                 break
         return found
 
-    async def scrape_once(self, engine: str) -> EngineSample:
+    async def scrape_once(self, engine: str, url: str | None = None) -> EngineSample:
         assert self._session is not None, "start() first"
-        url = f"{self.engines[engine]}/metrics"
+        url = f"{url or self.engines[engine]}/metrics"
         text: str | None
         try:
             timeout = aiohttp.ClientTimeout(total=self.timeout_s)
@@ -205,31 +222,52 @@ class EngineWatch:
                 text = await resp.text() if resp.status == 200 else None
         except (aiohttp.ClientError, TimeoutError):
             text = None
-        return self.ingest(engine, text)
+        except Exception:  # a malformed exposition must not kill the watch
+            log.exception("engine watch: scrape of %s failed", engine)
+            text = None
+        now = self._clock()
+        if text is None:
+            return self.record(engine, EngineSample(at=now, up=False))
+        try:
+            # Parsing is pure Python (~8 ms for vLLM's page here): in a thread, so the event loop
+            # keeps serving requests between the interpreter's switch intervals.
+            sample = await asyncio.to_thread(parse_vllm_metrics, text, now)
+        except ValueError:  # unparsable text: the engine is not answering properly
+            log.warning("engine watch: unparsable /metrics from %s", engine)
+            sample = EngineSample(at=now, up=False)
+        return self.record(engine, sample)
 
-    async def _loop(self, engine: str) -> None:
-        while True:
-            try:
-                await self.scrape_once(engine)
-            except Exception:  # a malformed exposition must not kill the watch
-                log.exception("engine watch: scrape of %s failed", engine)
-                self.ingest(engine, None)
-            await asyncio.sleep(self.interval_s)
+    async def scrape_all(self) -> None:
+        engines = self.engines
+        await asyncio.gather(*(self.scrape_once(name, url) for name, url in engines.items()))
+        for gone in set(self._history) - set(engines):
+            del self._history[gone]  # an engine removed from the policy stops being exported
+
+    async def run(self) -> None:
+        """The background task: scrape every engine each interval until cancelled."""
+        own_session = self._session is None
+        if own_session:
+            self._session = aiohttp.ClientSession()
+        try:
+            while True:
+                await self.scrape_all()
+                await asyncio.sleep(self.interval_s)
+        finally:
+            if own_session and self._session is not None:
+                await self._session.close()
+                self._session = None
 
     async def start(self) -> None:
+        """Open the session (for `scrape_once` in tests) and start `run` in the background."""
         self._session = aiohttp.ClientSession()
-        self._tasks = [
-            asyncio.create_task(self._loop(name), name=f"engine-watch:{name}")
-            for name in self.engines
-        ]
+        self._task = asyncio.create_task(self.run(), name="engine-watch")
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
+        if self._task is not None:
+            self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+                await self._task
+            self._task = None
         if self._session is not None:
             await self._session.close()
             self._session = None

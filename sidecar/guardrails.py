@@ -130,7 +130,7 @@ async def _tokenize(
             return len(prompt)  # already token ids
         prompts = prompt if isinstance(prompt, list) else [prompt]
         if prompts and all(isinstance(p, list) for p in prompts):
-            return max(len(p) for p in prompts)
+            return max(len(p) for p in prompts if isinstance(p, list))
         requests = [{"model": model, "prompt": p} for p in prompts]
     counts = []
     for req in requests:

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -156,3 +157,27 @@ class _AdvisorCollector(Collector):
             wasted.add_metric([name], w.wasted_s)
         yield ratio
         yield wasted
+
+
+def prompt_head(body: Mapping[str, Any], limit: int = 256) -> bytes:
+    """The first `limit` bytes of what the engine will see first: the first chat message's text,
+    or the completion prompt (the first one of a batch). Token-id prompts are hashed as ids."""
+    messages = body.get("messages")
+    if isinstance(messages, list) and messages:
+        first = messages[0]
+        content = first.get("content") if isinstance(first, dict) else None
+        if isinstance(content, list):  # content parts: the text ones, in order
+            content = "".join(
+                p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
+            )
+        role = first.get("role", "") if isinstance(first, dict) else ""
+        # Slice characters before encoding: a long prompt is never copied whole.
+        return f"{role}\x00{(content or '')[:limit]}".encode()[:limit]
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and prompt:
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        return prompt[:limit].encode()[:limit]
+    if isinstance(prompt, list):  # token ids
+        return b",".join(str(t).encode() for t in prompt[: limit // 2])[:limit]
+    return b""

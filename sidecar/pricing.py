@@ -39,7 +39,7 @@ DEFAULT_GPU_HOURLY_USD: dict[str, float] = {
     "A10-24GB": 0.75,
     # Google Cloud g2-standard-4 (1x L4 with its vCPUs), us-central1;
     # https://cloud.google.com/compute/gpus-pricing, 2024-10
-    "L4": 0.71,
+    "L4-24GB": 0.71,
     # A 2-vCPU VM (GCP e2-standard-2, us-central1), for the CPU test engine;
     # https://cloud.google.com/compute/vm-instance-pricing, 2024-10
     "cpu": 0.067,

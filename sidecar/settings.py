@@ -6,6 +6,7 @@ Other components add their own fields here (one block each, with a comment namin
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -39,9 +40,31 @@ class Settings(BaseSettings):
     control_plane_url: str | None = None
     control_plane_token: str | None = None
 
+    # --- rate limits (sidecar/ratelimit, issue 6) --------------------------------------------
+    # Set to share rate-limit counters and concurrency slots across replicas; unset = in-process.
+    redis_url: str | None = None
+    # Redis unreachable: "open" falls back to the in-process limiter, "closed" answers 503.
+    ratelimit_on_redis_error: Literal["open", "closed"] = "open"
+    # A crashed sidecar's concurrency slots are freed after this long (renewed every third of it).
+    ratelimit_lease_ttl_s: float = 30.0
+
     # --- metering --------------------------------------------------------------------------
     usage_jsonl: Path | None = None
 
     # --- tracing ---------------------------------------------------------------------------
     tracing_enabled: bool = True
     service_name: str = "gpuledger-sidecar"
+
+    # --- soft guardrails: engine watch, load shedding, prefix advisor (issue 7) ---------------
+    engine_watch_enabled: bool = True
+    engine_watch_interval_s: float = 2.0
+    engine_watch_window_s: float = 60.0  # P95 window for shedding
+    # Opt-in: shed features with priority < cutoff while the engine is under sustained pressure.
+    shedding_enabled: bool = False
+    shedding_kv_threshold: float = 0.85
+    shedding_sustain_s: float = 30.0
+    shedding_priority_cutoff: int = 1
+    shedding_ttft_slo_s: float | None = None  # used when no protected feature has a TTFT SLO
+    prefix_head_bytes: int = 256
+    # Prices wasted prefill for the prefix advisor (~10k prompt tokens/s on one H100 for an 8B).
+    prefill_gpu_seconds_per_token: float = 1e-4

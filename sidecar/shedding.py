@@ -15,6 +15,7 @@ still fire). Feature fallback routes are future work: a feature with one is shed
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -25,6 +26,9 @@ from gpuledger.contracts import FeaturePolicy
 from sidecar.engine_watch import EngineSample, EngineWatch
 from sidecar.errors import RateLimited
 from sidecar.hooks import Admission, RequestContext
+from sidecar.policy import PolicyStore
+from sidecar.prefix_advisor import PrefixAdvisor
+from sidecar.settings import Settings
 
 FeaturesProvider = Callable[[], Sequence[FeaturePolicy]]
 
@@ -112,3 +116,57 @@ class FeatureSloCollector(Collector):
 
 def register_slo_gauge(registry: CollectorRegistry, features: FeaturesProvider) -> None:
     registry.register(FeatureSloCollector(features))
+
+
+# --- the pack wired into the sidecar ----------------------------------------------------------
+
+
+@dataclass(slots=True)
+class SoftGuardrails:
+    """One engine watch, prefix advisor and shed guard per app, shared by the guard chain and the
+    background tasks (`sidecar/wiring.py` asks for it from both places)."""
+
+    watch: EngineWatch
+    advisor: PrefixAdvisor
+    guard: ShedGuard
+
+
+_PACKS: weakref.WeakKeyDictionary[CollectorRegistry, SoftGuardrails] = weakref.WeakKeyDictionary()
+
+
+def soft_guardrails(
+    settings: Settings, policy_store: PolicyStore, registry: CollectorRegistry
+) -> SoftGuardrails:
+    """The app's pack, built and registered on first use (keyed by the app's registry)."""
+    pack = _PACKS.get(registry)
+    if pack is not None:
+        return pack
+
+    def engines() -> dict[str, str]:
+        listed = policy_store.current.snapshot.engines
+        if listed:
+            return {e.name: e.url for e in listed}
+        return {settings.upstream_name: settings.upstream_url}
+
+    def features() -> Sequence[FeaturePolicy]:
+        return policy_store.current.snapshot.features
+
+    watch = EngineWatch(
+        engines, interval_s=settings.engine_watch_interval_s, window_s=settings.engine_watch_window_s
+    )
+    advisor = PrefixAdvisor(
+        head_bytes=settings.prefix_head_bytes,
+        prefill_gpu_seconds_per_token=settings.prefill_gpu_seconds_per_token,
+    )
+    config = ShedConfig(
+        kv_threshold=settings.shedding_kv_threshold,
+        sustain_s=settings.shedding_sustain_s,
+        priority_cutoff=settings.shedding_priority_cutoff,
+        default_ttft_slo_s=settings.shedding_ttft_slo_s,
+    )
+    pack = SoftGuardrails(watch=watch, advisor=advisor, guard=ShedGuard(watch, features, config))
+    watch.register(registry)
+    advisor.register(registry)
+    register_slo_gauge(registry, features)
+    _PACKS[registry] = pack
+    return pack

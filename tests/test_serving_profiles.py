@@ -91,7 +91,10 @@ def test_profile_is_frozen() -> None:
     [
         ("model: org/m\n", "max_model_len: Field required"),
         ("model: org/m\nmax_model_len: 0\n", "max_model_len: Input should be greater than 0"),
-        ("model: org/m\nmax_model_length: 10\n", "max_model_length: Extra inputs are not permitted"),
+        (
+            "model: org/m\nmax_model_length: 10\n",
+            "max_model_length: Extra inputs are not permitted",
+        ),
         ("model: org/m\nmax_model_len: 8\nquantization: int3\n", "quantization"),
         ("model: org/m\nmax_model_len: 8\ndevice: tpu\n", "device"),
         ("- a\n- b\n", "a profile must be a YAML mapping"),

@@ -197,11 +197,13 @@ def test_memory_is_bounded_on_a_long_never_idle_stream() -> None:
         clock.admit(f"r{i}", 100)
     for i in range(8, 200_008):
         time.now += 500.0
-        clock.progress(f"r{i - 8}", 1)
+        if i % 2:  # half are streamed (first token seen), half not (prefill deadline)
+            clock.progress(f"r{i - 8}", 1)
         total += clock.finish(f"r{i - 8}")
         clock.admit(f"r{i}", 100 + i % 300)
         assert clock.in_flight == 8
         assert clock._v < 2**21  # virtual time is re-based, not left to grow
+        assert len(clock._deadlines) <= 2 * 8 + 64 + 1  # stale prefill deadlines are dropped
     for i in range(200_000, 200_008):
         total += clock.finish(f"r{i}")
     assert clock.in_flight == 0
@@ -214,15 +216,36 @@ def test_prefill_weight_shifts_share_to_the_prefilling_request() -> None:
     time = FakeTime()
     clock = EngineClock("e", prefill_cost_factor=0.01, clock=time)
     clock.admit("dec", 10)
+    time.now += 0.1  # dec's first token after 0.1 s: the clock learns 10 ms per prompt token
     clock.progress("dec", 1)
-    clock.admit("pre", 500, cached_tokens=100)
+    clock.admit("pre", 500, cached_tokens=100)  # so its prefill deadline is 1.5 x 4 s away
     time.now += 1.0
     assert clock.accrued_gpu_seconds("pre") == pytest.approx(0.8)
-    assert clock.accrued_gpu_seconds("dec") == pytest.approx(0.2)
+    assert clock.accrued_gpu_seconds("dec") == pytest.approx(0.3)
     clock.progress("pre", 1)
     time.now += 1.0
     assert clock.finish("pre") == pytest.approx(1.3)
-    assert clock.finish("dec") == pytest.approx(0.7)
+    assert clock.finish("dec") == pytest.approx(0.8)
+
+
+def test_unstreamed_request_stops_weighing_as_prefill_at_its_deadline() -> None:
+    """A non-streamed response never reports a first token: its prefill weight ends at
+    PREFILL_SLACK x uncached tokens x the prefill time per token, learnt from streamed ones."""
+    time = FakeTime()
+    clock = EngineClock("e", prefill_cost_factor=0.1, clock=time)
+    assert clock.prefill_seconds_per_token is None  # nothing learnt: no deadline yet
+    clock.admit("s", 200)
+    time.now += 0.4  # streamed: first token after 0.4 s for 200 tokens -> 2 ms per token
+    clock.progress("s", 1)
+    assert clock.prefill_seconds_per_token == pytest.approx(0.002)
+    clock.admit("plain", 100)  # weight 10 until its deadline 1.5 x 100 x 2 ms = 0.3 s later
+    time.now += 1.3
+    # 0.3 s at 10:1, then 1 s at 1:1.
+    assert clock.finish("plain") == pytest.approx(0.3 * 10 / 11 + 0.5)
+    time.now += 1.0
+    assert clock.finish("s") == pytest.approx(0.4 + 0.3 / 11 + 0.5 + 1.0)
+    fixed = EngineClock("f", prefill_cost_factor=0.1, clock=time, prefill_seconds_per_token=0.01)
+    assert fixed.prefill_seconds_per_token == 0.01
 
 
 def test_worked_example_312_in_18_out() -> None:

@@ -55,10 +55,14 @@ class AlertRepository:
             await self.session.execute(select(func.count()).select_from(stmt.subquery()))
         ).scalar_one()
         rows = (
-            await self.session.execute(
-                stmt.order_by(Alert.created_at.desc()).limit(limit).offset(offset)
+            (
+                await self.session.execute(
+                    stmt.order_by(Alert.created_at.desc()).limit(limit).offset(offset)
+                )
             )
-        ).scalars().all()
+            .scalars()
+            .all()
+        )
         return rows, int(total)
 
     async def get(self, alert_id: str) -> Alert | None:

@@ -104,5 +104,5 @@ async def grant_lease(
         expires_at=now + ttl,
         period_end=v.end,
         exhausted=exhausted,
-        hard_action=budget.hard_action,  # type: ignore[arg-type]
+        hard_action=budget.hard_action,
     )

@@ -30,8 +30,10 @@ def period_bounds(
         return start, start + timedelta(days=7)
     if period == "month":
         start = day.replace(day=1)
-        end = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(
-            month=start.month + 1
+        end = (
+            start.replace(year=start.year + 1, month=1)
+            if start.month == 12
+            else start.replace(month=start.month + 1)
         )
         return start, end
     if period == "rolling":

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import Select, delete, func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from control_plane.db import dialect_insert
@@ -17,7 +17,7 @@ class BudgetRepository:
         self.session = session
 
     async def get(self, feature: str, *, for_update: bool = False) -> Budget | None:
-        stmt: Select[tuple[Budget]] = select(Budget).where(Budget.feature == feature)
+        stmt = select(Budget).where(Budget.feature == feature)
         if for_update:
             # PostgreSQL: serialises lease grants per feature. SQLite ignores it; there every
             # transaction already holds the database write lock (BEGIN IMMEDIATE, see db.py).
@@ -43,7 +43,9 @@ class BudgetRepository:
         return float((await self.session.execute(stmt)).scalar_one())
 
     async def add_settlement(self, feature: str, minute: datetime, gpu_seconds: float) -> None:
-        stmt = dialect_insert(self.session, Settlement).values(feature=feature, minute=minute, gpu_seconds=gpu_seconds)
+        stmt = dialect_insert(self.session, Settlement).values(
+            feature=feature, minute=minute, gpu_seconds=gpu_seconds
+        )
         stmt = stmt.on_conflict_do_update(
             index_elements=[Settlement.feature, Settlement.minute],
             set_={"gpu_seconds": Settlement.gpu_seconds + stmt.excluded.gpu_seconds},

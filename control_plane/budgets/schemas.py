@@ -15,8 +15,18 @@ class BudgetIn(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
-                {"period": "month", "gpu_hours": 10, "soft_threshold_pct": 80, "hard_action": "reject"},
-                {"period": "rolling", "rolling_hours": 24, "gpu_hours": 2, "hard_action": "escalate"},
+                {
+                    "period": "month",
+                    "gpu_hours": 10,
+                    "soft_threshold_pct": 80,
+                    "hard_action": "reject",
+                },
+                {
+                    "period": "rolling",
+                    "rolling_hours": 24,
+                    "gpu_hours": 2,
+                    "hard_action": "escalate",
+                },
             ]
         }
     )

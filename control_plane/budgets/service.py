@@ -51,32 +51,32 @@ class BudgetView:
     def to_state(self) -> BudgetState:
         return BudgetState(
             feature=self.budget.feature,
-            period=self.budget.period,  # type: ignore[arg-type]
+            period=self.budget.period,
             period_start=self.start,
             period_end=self.end,
             limit_gpu_seconds=self.budget.limit_gpu_seconds,
             used_gpu_seconds=self.used,
             soft_threshold_pct=self.budget.soft_threshold_pct,
-            hard_action=self.budget.hard_action,  # type: ignore[arg-type]
+            hard_action=self.budget.hard_action,
         )
 
     def to_out(self) -> BudgetOut:
         b = self.budget
         return BudgetOut(
             feature=b.feature,
-            period=b.period,  # type: ignore[arg-type]
+            period=b.period,
             rolling_hours=b.rolling_hours,
             limit_gpu_seconds=b.limit_gpu_seconds,
             limit_gpu_hours=b.limit_gpu_seconds / 3600,
             soft_threshold_pct=b.soft_threshold_pct,
-            hard_action=b.hard_action,  # type: ignore[arg-type]
+            hard_action=b.hard_action,
             period_start=self.start,
             period_end=self.end,
             used_gpu_seconds=self.used,
             outstanding_lease_gpu_seconds=self.outstanding,
             remaining_gpu_seconds=self.remaining,
             used_ratio=self.used / b.limit_gpu_seconds if b.limit_gpu_seconds else 0.0,
-            status=self.status,  # type: ignore[arg-type]
+            status=self.status,
         )
 
 
@@ -98,15 +98,23 @@ async def raise_alerts(session: AsyncSession, v: BudgetView) -> None:
     pct = 100 * v.used / b.limit_gpu_seconds
     if v.status in ("soft_threshold", "exhausted"):
         await alerts.raise_once(
-            feature=b.feature, kind="soft_threshold", period_start=v.start, period_end=v.end,
-            used=v.used, limit=b.limit_gpu_seconds,
+            feature=b.feature,
+            kind="soft_threshold",
+            period_start=v.start,
+            period_end=v.end,
+            used=v.used,
+            limit=b.limit_gpu_seconds,
             message=f"feature {b.feature} used {pct:.1f}% of its {b.period} GPU budget "
             f"(soft threshold {b.soft_threshold_pct:g}%)",
         )
     if v.status == "exhausted":
         await alerts.raise_once(
-            feature=b.feature, kind="budget_exhausted", period_start=v.start, period_end=v.end,
-            used=v.used, limit=b.limit_gpu_seconds,
+            feature=b.feature,
+            kind="budget_exhausted",
+            period_start=v.start,
+            period_end=v.end,
+            used=v.used,
+            limit=b.limit_gpu_seconds,
             message=f"feature {b.feature} spent its {b.period} GPU budget; "
             f"hard action {b.hard_action} until {v.end.isoformat()}",
         )

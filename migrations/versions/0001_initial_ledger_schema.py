@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-27 20:58:16.462571
+Create Date: 2026-11-27 21:03:37.722049
 """
 
 from __future__ import annotations
@@ -72,26 +72,26 @@ def upgrade() -> None:
     )
     op.create_table(
         "usage_records",
-        sa.Column("id", sa.String(length=64), nullable=False),
-        sa.Column("key_id", sa.String(length=64), nullable=True),
-        sa.Column("feature", sa.String(length=64), nullable=False),
-        sa.Column("model", sa.String(length=128), nullable=False),
-        sa.Column("backend", sa.String(length=32), nullable=False),
-        sa.Column("upstream", sa.String(length=64), nullable=False),
-        sa.Column("sidecar_id", sa.String(length=128), nullable=False),
+        sa.Column("id", sa.String(), nullable=False),
+        sa.Column("key_id", sa.String(), nullable=True),
+        sa.Column("feature", sa.String(), nullable=False),
+        sa.Column("model", sa.String(), nullable=False),
+        sa.Column("backend", sa.String(), nullable=False),
+        sa.Column("upstream", sa.String(), nullable=False),
+        sa.Column("sidecar_id", sa.String(), nullable=False),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("ttft_ms", sa.Float(), nullable=True),
         sa.Column("e2e_ms", sa.Float(), nullable=False),
         sa.Column("input_tokens", sa.Integer(), nullable=False),
         sa.Column("cached_input_tokens", sa.Integer(), nullable=False),
         sa.Column("output_tokens", sa.Integer(), nullable=False),
-        sa.Column("finish_reason", sa.String(length=32), nullable=True),
-        sa.Column("status", sa.String(length=64), nullable=False),
+        sa.Column("finish_reason", sa.String(), nullable=True),
+        sa.Column("status", sa.String(), nullable=False),
         sa.Column("guardrail_actions", sa.JSON(), nullable=False),
         sa.Column("gpu_seconds", sa.Float(), nullable=False),
         sa.Column("cost_usd", sa.Float(), nullable=False),
         sa.Column("cloud_cost_usd", sa.Float(), nullable=True),
-        sa.Column("trace_id", sa.String(length=64), nullable=True),
+        sa.Column("trace_id", sa.String(), nullable=True),
         sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_usage_records")),
     )
@@ -104,10 +104,10 @@ def upgrade() -> None:
     op.create_table(
         "usage_rollups",
         sa.Column("minute", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("feature", sa.String(length=64), nullable=False),
-        sa.Column("model", sa.String(length=128), nullable=False),
-        sa.Column("key_id", sa.String(length=64), nullable=False),
-        sa.Column("upstream", sa.String(length=64), nullable=False),
+        sa.Column("feature", sa.String(), nullable=False),
+        sa.Column("model", sa.String(), nullable=False),
+        sa.Column("key_id", sa.String(), nullable=False),
+        sa.Column("upstream", sa.String(), nullable=False),
         sa.Column("requests", sa.Integer(), nullable=False),
         sa.Column("errors", sa.Integer(), nullable=False),
         sa.Column("input_tokens", sa.Integer(), nullable=False),

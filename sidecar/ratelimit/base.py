@@ -37,10 +37,6 @@ class ScopeLimits:
     gpm: float | None = None  # GPU-seconds per minute
     concurrency: int | None = None
 
-    @property
-    def needs_settle(self) -> bool:
-        return bool(self.tpm or self.gpm or self.concurrency)
-
 
 @dataclass(frozen=True, slots=True)
 class Quota:
@@ -77,11 +73,12 @@ class Backend(Protocol):
         self,
         scopes: tuple[ScopeLimits, ...],
         lease_id: str,
+        request_delta: int,
         token_delta: int,
         gpu_seconds: float,
     ) -> None:
-        """Charge `token_delta` (real - reserved; negative refunds), charge `gpu_seconds`,
-        release the concurrency lease."""
+        """Move the buckets by real - reserved cost (`request_delta` is -1 for a request released
+        before it ran; a negative `token_delta` refunds), charge `gpu_seconds`, free the lease."""
         ...
 
     async def heartbeat(self, leases: list[tuple[ScopeLimits, str]]) -> None:

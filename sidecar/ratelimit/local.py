@@ -18,7 +18,8 @@ class LocalBackend:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._tat: dict[tuple[str, str], float] = {}
+        # (scope, dimension) -> (TAT, seconds per unit it was computed with); see `_load`.
+        self._tat: dict[tuple[str, str], tuple[float, float]] = {}
         self._slots: dict[str, int] = {}
 
     async def acquire(
@@ -30,7 +31,7 @@ class LocalBackend:
         """The synchronous check (what the benchmark times)."""
         now = self._clock()
         tat = self._tat
-        plan: list[tuple[tuple[str, str], float]] = []
+        plan: list[tuple[tuple[str, str], tuple[float, float]]] = []
         requests: Quota | None = None
         tokens: Quota | None = None
         for s in scopes:
@@ -42,13 +43,12 @@ class LocalBackend:
                 if not limit:
                     continue
                 key = (s.scope_id, dim)
-                start = tat.get(key, now)
-                if start < now:
-                    start = now
-                new = start + cost * (PERIOD_S / limit)
+                per = PERIOD_S / limit
+                start = self._load(key, per, now)
+                new = start + cost * per
                 used = new - now
                 if used > PERIOD_S + EPS_S or (cost == 0.0 and start - now >= PERIOD_S):
-                    never = cost * (PERIOD_S / limit) > PERIOD_S + EPS_S
+                    never = cost * per > PERIOD_S + EPS_S
                     return Decision(
                         allowed=False,
                         requests=requests,
@@ -58,7 +58,7 @@ class LocalBackend:
                         limit=limit,
                         retry_after_s=None if never else max(used - PERIOD_S, 0.001),
                     )
-                plan.append((key, new))
+                plan.append((key, (new, per)))
                 if dim == "requests":
                     requests = tighter(requests, quota(limit, used))
                 elif dim == "tokens":
@@ -74,8 +74,8 @@ class LocalBackend:
                     retry_after_s=1.0,
                 )
         # Every check passed: apply them all (a refused request consumed nothing above).
-        for key, new in plan:
-            tat[key] = new
+        for key, state in plan:
+            tat[key] = state
         for s in scopes:
             if s.concurrency:
                 self._slots[s.scope_id] = self._slots.get(s.scope_id, 0) + 1
@@ -85,15 +85,18 @@ class LocalBackend:
         self,
         scopes: tuple[ScopeLimits, ...],
         lease_id: str,
+        request_delta: int,
         token_delta: int,
         gpu_seconds: float,
     ) -> None:
         now = self._clock()
         for s in scopes:
+            if s.rpm and request_delta:
+                self._move((s.scope_id, "requests"), request_delta, PERIOD_S / s.rpm, now)
             if s.tpm and token_delta:
-                self._move((s.scope_id, "tokens"), token_delta * (PERIOD_S / s.tpm), now)
+                self._move((s.scope_id, "tokens"), token_delta, PERIOD_S / s.tpm, now)
             if s.gpm and gpu_seconds > 0:
-                self._move((s.scope_id, "gpu_seconds"), gpu_seconds * (PERIOD_S / s.gpm), now)
+                self._move((s.scope_id, "gpu_seconds"), gpu_seconds, PERIOD_S / s.gpm, now)
             if s.concurrency:
                 left = self._slots.get(s.scope_id, 0) - 1
                 if left > 0:
@@ -101,12 +104,22 @@ class LocalBackend:
                 else:
                     self._slots.pop(s.scope_id, None)
 
-    def _move(self, key: tuple[str, str], delta_s: float, now: float) -> None:
-        new = max(self._tat.get(key, now), now) + delta_s
+    def _load(self, key: tuple[str, str], per: float, now: float) -> float:
+        """The bucket's TAT, never in the past. After a limit change the units in use are kept
+        (rescaled to the new time per unit), so raising a limit gives headroom at once."""
+        state = self._tat.get(key)
+        if state is None or state[0] <= now:
+            return now
+        tat, old = state
+        return tat if old == per else now + (tat - now) * per / old
+
+    def _move(self, key: tuple[str, str], units: float, per: float, now: float) -> None:
+        # A refund never takes a bucket below empty: it can't hold more than its limit.
+        new = self._load(key, per, now) + units * per
         if new <= now:
             self._tat.pop(key, None)
         else:
-            self._tat[key] = new
+            self._tat[key] = (new, per)
 
     async def heartbeat(self, leases: list[tuple[ScopeLimits, str]]) -> None:
         return None

@@ -110,14 +110,21 @@ class RedisBackend:
         self,
         scopes: tuple[ScopeLimits, ...],
         lease_id: str,
+        request_delta: int,
         token_delta: int,
         gpu_seconds: float,
     ) -> None:
         keys: list[str] = []
-        args: list[Any] = [self._now(), lease_id, token_delta, repr(float(gpu_seconds))]
+        args: list[Any] = [
+            self._now(),
+            lease_id,
+            request_delta,
+            token_delta,
+            repr(float(gpu_seconds)),
+        ]
         for s in scopes:
-            keys.extend(self.key(s.scope_id, d) for d in ("tokens", "gpu_seconds", "concurrency"))
-            args.extend((_limit(s.tpm), _limit(s.gpm), _limit(s.concurrency)))
+            keys.extend(self.key(s.scope_id, d) for d in DIMENSIONS)
+            args.extend((_limit(s.rpm), _limit(s.tpm), _limit(s.gpm), _limit(s.concurrency)))
         await self._settle(keys=keys, args=args)
 
     async def heartbeat(self, leases: list[tuple[ScopeLimits, str]]) -> None:

@@ -9,6 +9,23 @@
 -- Returns {1, rq_used, tok_used, ...} with 2 entries per scope ('' where no limit), or
 -- {0, scope index (0-based), dimension (1 req, 2 tok, 3 gpu, 4 conc), retry ms or '-1' (never)}.
 local PERIOD = 60000.0
+
+-- A bucket is stored as "TAT per-unit-ms". When an operator changes the limit, the units in use
+-- are kept (rescaled to the new per-unit time): raising a limit gives headroom at once.
+local function load(key, per, now)
+  local v = redis.call('GET', key)
+  if not v then return now end
+  local sp = string.find(v, ' ', 1, true)
+  local tat = tonumber(string.sub(v, 1, sp - 1))
+  if tat <= now then return now end
+  local old = tonumber(string.sub(v, sp + 1))
+  if old ~= per then tat = now + (tat - now) * per / old end
+  return tat
+end
+
+local function store(key, tat, per, now)
+  redis.call('SET', key, string.format('%.17g %.17g', tat, per), 'PX', math.ceil(tat - now) + 1000)
+end
 local EPS = 1e-6
 local now
 if ARGV[1] == '' then
@@ -34,8 +51,7 @@ for i = 0, scopes - 1 do
     if limit > 0 then
       local key = KEYS[i * 4 + d]
       local per = PERIOD / limit
-      local start = tonumber(redis.call('GET', key)) or now
-      if start < now then start = now end
+      local start = load(key, per, now)
       local cost = costs[d]
       local new = start + cost * per
       if cost * per > PERIOD + EPS then
@@ -46,7 +62,7 @@ for i = 0, scopes - 1 do
         if wait < 1 then wait = 1 end
         return {0, tostring(i), tostring(d), string.format('%.3f', wait)}
       end
-      sets[#sets + 1] = {key, new}
+      sets[#sets + 1] = {key, new, per}
       used = string.format('%.17g', new - now)
     end
     if d < 3 then out[#out + 1] = used end
@@ -64,7 +80,7 @@ for i = 0, scopes - 1 do
 end
 
 for _, s in ipairs(sets) do
-  redis.call('SET', s[1], string.format('%.17g', s[2]), 'PX', math.ceil(s[2] - now) + 1000)
+  store(s[1], s[2], s[3], now)
 end
 for _, key in ipairs(leases) do
   redis.call('ZADD', key, now + ttl, lease)

@@ -1,0 +1,396 @@
+"""Overhead benchmark: direct vs gpuledger's sidecar vs LiteLLM's proxy, in one run.
+
+`python -m bench.runner [--quick]` starts the engine simulator (`serving.simulator`, H100 +
+Llama-3.1-8B timing), the sidecar (`gpuledger sidecar`, with a policy file that turns on auth,
+guardrails, rate limits, attribution, metrics, tracing and the usage spool) and LiteLLM's proxy
+(`.venv-litellm`, see bench/install_litellm.sh), all in front of that one simulator. Every
+measurement visits the three paths in turn, rotating the order each round, because this
+machine's speed drifts by ±25% over minutes: only numbers taken side by side compare.
+
+Measured: added TTFT/e2e latency (p50/p95/p99 of the path minus the same percentile direct) at 1,
+64 and 256 closed-loop streams; throughput relative to direct; proxy CPU-seconds per 1,000
+requests (the proxy's process tree, from /proc); the highest Poisson arrival rate each path
+sustains under a TTFT SLO; RSS growth of the proxy from 10% to 100% of a long run. Writes a
+markdown table (and JSON) to bench/results/ and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench.loadgen import (
+    Result, Workload, closed_loop, make_session, open_loop, percentile, summarize,
+)  # fmt: skip
+
+ROOT = Path(__file__).resolve().parent.parent
+PATHS = ("direct", "gpuledger", "litellm")
+SECRET = "glk_bench_0123456789abcdef0123456789abcdef"
+LITELLM_KEY = "sk-bench-litellm"
+MODEL = "llama-3.1-8b"
+
+
+@dataclass(frozen=True)
+class Plan:
+    rounds: int
+    concurrencies: tuple[int, ...]
+    seconds: dict[int, float]
+    slo_ttft_ms: float
+    rates: tuple[float, ...]
+    rate_seconds: float
+    rss_requests: int
+    rss_requests_litellm: int
+
+
+QUICK = Plan(2, (1, 64, 256), {1: 2.5, 64: 3.5, 256: 4.0}, 500.0, (20, 40, 80, 160, 320), 3.0,
+             2_000, 1_000)  # fmt: skip
+FULL = Plan(5, (1, 64, 256), {1: 6.0, 64: 8.0, 256: 10.0}, 500.0,
+            (20, 28, 40, 56, 80, 113, 160, 226, 320, 452, 640), 8.0, 100_000, 10_000)  # fmt: skip
+
+
+# --- processes ---------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _tree(pid: int) -> list[int]:
+    pids, i = [pid], 0
+    while i < len(pids):
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{pids[i]}/task"):
+                with open(f"/proc/{pids[i]}/task/{task}/children") as f:
+                    pids.extend(int(c) for c in f.read().split())
+        i += 1
+    return pids
+
+
+def cpu_seconds(pid: int) -> float:
+    """user+system CPU of a process and its descendants, from /proc (no psutil needed)."""
+    ticks, hz = 0, os.sysconf("SC_CLK_TCK")
+    for p in _tree(pid):
+        with contextlib.suppress(OSError), open(f"/proc/{p}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / hz
+
+
+def rss_bytes(pid: int) -> int:
+    total = 0
+    for p in _tree(pid):
+        with contextlib.suppress(OSError), open(f"/proc/{p}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+    return total
+
+
+@dataclass
+class Proc:
+    name: str
+    url: str
+    popen: subprocess.Popen[bytes] | None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen else None
+
+    def stop(self) -> None:
+        if self.popen and self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+
+
+def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    out = log.open("wb")
+    return subprocess.Popen(cmd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+                            cwd=ROOT, start_new_session=True)  # fmt: skip
+
+
+def _policy(sim_url: str) -> str:
+    from gpuledger.contracts import hash_key
+
+    far = "2099-01-01T00:00:00Z"
+    return json.dumps({
+        "version": "bench-1",
+        "keys": [{"id": "k_bench", "name": "bench", "key_hash": hash_key(SECRET),
+                  "features": ["bench"], "default_feature": "bench", "models": ["*"]}],
+        "features": [{"name": "bench", "default_max_tokens": 256, "max_tokens_cap": 1024,
+                      "over_cap": "reject", "max_prompt_tokens": 4096}],
+        "rate_limits": [{"scope": "key", "key_id": "k_bench",
+                         "limits": {"requests_per_minute": 10_000_000,
+                                    "tokens_per_minute": 10_000_000_000,
+                                    "concurrent_requests": 100_000}}],
+        "budgets": [{"feature": "bench", "period": "month", "period_start": "2026-01-01T00:00:00Z",
+                     "period_end": far, "limit_gpu_seconds": 1e12, "used_gpu_seconds": 0}],
+        "engines": [{"name": "sim", "url": sim_url, "model": MODEL, "gpu_type": "H100-80GB",
+                     "gpus": 1, "hourly_rate_usd": 2.5}],
+    })  # fmt: skip
+
+
+def start_all(tmp: Path, speedup: float, paths: tuple[str, ...]) -> dict[str, Proc]:
+    py, sim_port = sys.executable, free_port()
+    sim_url = f"http://127.0.0.1:{sim_port}"
+    procs = {"direct": Proc("direct", sim_url, _spawn(
+        [py, "-m", "serving.simulator", "--port", str(sim_port), "--speedup", str(speedup)],
+        {}, tmp / "simulator.log"))}  # fmt: skip
+    if "gpuledger" in paths:
+        _start_sidecar(procs, tmp, sim_url)
+    if "litellm" in paths:
+        _start_litellm(procs, tmp, sim_url)
+    return procs
+
+
+def _start_sidecar(procs: dict[str, Proc], tmp: Path, sim_url: str) -> None:
+    py, side_port = sys.executable, free_port()
+    policy = tmp / "policy.yaml"
+    policy.write_text(_policy(sim_url))
+    side_env = {
+        "GPULEDGER_HOST": "127.0.0.1", "GPULEDGER_PORT": str(side_port),
+        "GPULEDGER_UPSTREAM_URL": sim_url, "GPULEDGER_UPSTREAM_NAME": "sim",
+        "GPULEDGER_POLICY_FILE": str(policy), "GPULEDGER_STATE_DIR": str(tmp / "sidecar"),
+        "GPULEDGER_USAGE_JSONL": str(tmp / "usage.jsonl"), "GPULEDGER_TRACING_ENABLED": "true",
+        "GPULEDGER_SIDECAR_ID": "bench",
+    }  # fmt: skip
+    gpl = shutil.which("gpuledger", path=str(Path(py).parent)) or "gpuledger"
+    procs["gpuledger"] = Proc("gpuledger", f"http://127.0.0.1:{side_port}",
+                              _spawn([gpl, "sidecar"], side_env, tmp / "sidecar.log"),
+                              {"Authorization": f"Bearer {SECRET}"})  # fmt: skip
+
+
+def _start_litellm(procs: dict[str, Proc], tmp: Path, sim_url: str) -> None:
+    lite_port = free_port()
+    cfg = (ROOT / "bench" / "litellm_config.yaml").read_text().replace("UPSTREAM", sim_url)
+    (tmp / "litellm.yaml").write_text(cfg)
+    lite = ROOT / ".venv-litellm" / "bin" / "litellm"
+    lite_env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY_DISABLED": "true",
+                "LITELLM_LOG": "ERROR", "DISABLE_SCHEMA_UPDATE": "true",
+                # It fetches a llama-3 tokenizer from the Hub to count tokens; fail fast offline.
+                "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}  # fmt: skip
+    procs["litellm"] = Proc("litellm", f"http://127.0.0.1:{lite_port}", _spawn(
+        [str(lite), "--config", str(tmp / "litellm.yaml"), "--host", "127.0.0.1",
+         "--port", str(lite_port), "--num_workers", "1"], lite_env, tmp / "litellm.log"),
+        {"Authorization": f"Bearer {LITELLM_KEY}"})  # fmt: skip
+
+
+async def wait_ready(session: aiohttp.ClientSession, procs: dict[str, Proc], tmp: Path,
+                     timeout_s: float = 120.0) -> None:  # fmt: skip
+    """Wait until one real request succeeds on each path (health alone may precede routing)."""
+    w = Workload(model=MODEL, max_tokens=2, stream=False)
+    deadline = time.monotonic() + timeout_s
+    for name, p in procs.items():
+        while True:
+            if p.popen is not None and p.popen.poll() is not None:
+                log = (tmp / ("simulator" if name == "direct" else
+                              "sidecar" if name == "gpuledger" else name)).with_suffix(".log")  # fmt: skip
+                tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                raise RuntimeError(f"{name} exited ({p.popen.returncode}):\n{tail}")
+            res, _ = await closed_loop(session, p.url, _with(w, p), 1, requests=1)
+            if res[0].error is None:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} not ready: {res[0].error}")
+            await asyncio.sleep(0.5)
+
+
+def _with(w: Workload, p: Proc) -> Workload:
+    return Workload(model=w.model, prompt_chars=w.prompt_chars, max_tokens=w.max_tokens,
+                    stream=w.stream, extra_headers=p.headers)  # fmt: skip
+
+
+# --- phases ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Cell:
+    results: list[Result] = field(default_factory=list)
+    wall: float = 0.0
+    cpu: float = 0.0
+
+
+async def latency_phase(session: aiohttp.ClientSession, procs: dict[str, Proc], plan: Plan,
+                        w: Workload, log: Any) -> dict[int, dict[str, Cell]]:  # fmt: skip
+    cells: dict[int, dict[str, Cell]] = {c: {p: Cell() for p in procs} for c in plan.concurrencies}
+    for c in plan.concurrencies:
+        for r in range(plan.rounds):
+            names = [p for p in PATHS if p in procs]
+            order = names[r % len(names) :] + names[: r % len(names)]
+            for name in order:
+                p, cell = procs[name], cells[c][name]
+                cpu0 = cpu_seconds(p.pid) if p.pid and name != "direct" else 0.0
+                res, wall = await closed_loop(session, p.url, _with(w, p), c, duration_s=plan.seconds[c])
+                cell.cpu += (cpu_seconds(p.pid) - cpu0) if p.pid and name != "direct" else 0.0
+                cell.results += res
+                cell.wall += wall
+                log(f"c={c} round {r + 1} {name:9s} {summarize(res, wall).line()}")
+    return cells
+
+
+async def slo_phase(session: aiohttp.ClientSession, procs: dict[str, Proc], plan: Plan,
+                    w: Workload, log: Any) -> dict[str, float]:  # fmt: skip
+    """Highest offered Poisson rate whose TTFT p99 meets the SLO with <1% errors and the
+    offered rate achieved; each path drops out at its first miss. Paths alternate per rate."""
+    best = {p: 0.0 for p in procs}
+    active = list(procs)
+    for rate in plan.rates:
+        for name in list(active):
+            p = procs[name]
+            res, wall = await open_loop(session, p.url, _with(w, p), rate, plan.rate_seconds)
+            s = summarize(res, plan.rate_seconds)
+            ok = (s.errors <= 0.01 * max(1, s.requests) and s.ttft_ms["p99"] <= plan.slo_ttft_ms
+                  and wall <= plan.rate_seconds * 1.5)  # fmt: skip
+            log(f"rate {rate:5.0f}/s {name:9s} {'ok  ' if ok else 'MISS'} {s.line()}")
+            if ok:
+                best[name] = rate
+            else:
+                active.remove(name)
+        if not active:
+            break
+    return best
+
+
+async def rss_phase(session: aiohttp.ClientSession, p: Proc, total: int, log: Any) -> dict[str, float]:
+    """RSS after 10% and after 100% of `total` short non-streamed requests at 64 in flight."""
+    w = _with(Workload(model=MODEL, max_tokens=4, stream=False, prompt_chars=200), p)
+    assert p.pid is not None
+    first = max(1, total // 10)
+    await closed_loop(session, p.url, w, 64, requests=first)
+    r1 = rss_bytes(p.pid)
+    t0 = time.perf_counter()
+    res, _ = await closed_loop(session, p.url, w, 64, requests=total - first)
+    r2 = rss_bytes(p.pid)
+    errors = sum(1 for r in res if r.error)
+    log(f"rss {p.name}: {r1 / 2**20:.1f} MiB after {first}, {r2 / 2**20:.1f} MiB after {total} "
+        f"({errors} errors, {time.perf_counter() - t0:.0f} s)")  # fmt: skip
+    return {"requests": total, "rss_at_10pct_mib": r1 / 2**20, "rss_end_mib": r2 / 2**20,
+            "growth_pct": 100 * (r2 - r1) / r1 if r1 else float("nan")}  # fmt: skip
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+def _pct(results: list[Result], attr: str) -> dict[int, float]:
+    xs = [getattr(r, attr) for r in results if r.error is None and getattr(r, attr) is not None]
+    return {q: percentile(xs, q) * 1000 for q in (50, 95, 99)}
+
+
+def report(cells: dict[int, dict[str, Cell]], slo: dict[str, float], rss: dict[str, dict[str, float]],
+           plan: Plan, meta: dict[str, Any]) -> str:  # fmt: skip
+    out = [f"Run {meta['started']} ({meta['mode']}), {meta['machine']}; workload: streamed chat, "
+           f"~200-token prompts, {meta['max_tokens']} output tokens; simulator preset h100-llama8b "
+           f"(speedup {meta['speedup']}). Added = path percentile minus direct percentile.", "",
+           "| streams | path | req/s (vs direct) | errors | TTFT p50/p95/p99 ms | added TTFT p50/p95/p99 ms "
+           "| e2e p50/p95/p99 ms | added e2e p50/p95/p99 ms | proxy CPU-s / 1k req |",
+           "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    f = "{:.1f}/{:.1f}/{:.1f}"
+    for c, row in cells.items():
+        d = row["direct"]
+        d_rps = len([r for r in d.results if not r.error]) / d.wall if d.wall else 0.0
+        dt, de = _pct(d.results, "ttft"), _pct(d.results, "e2e")
+        for name, cell in row.items():
+            ok = [r for r in cell.results if not r.error]
+            rps = len(ok) / cell.wall if cell.wall else 0.0
+            t, e = _pct(cell.results, "ttft"), _pct(cell.results, "e2e")
+            added_t = "—" if name == "direct" else f.format(*(t[q] - dt[q] for q in (50, 95, 99)))
+            added_e = "—" if name == "direct" else f.format(*(e[q] - de[q] for q in (50, 95, 99)))
+            cpu = "—" if name == "direct" else f"{1000 * cell.cpu / max(1, len(cell.results)):.2f}"
+            rel = f"{100 * rps / d_rps:.0f}%" if d_rps else "?"
+            out.append(f"| {c} | {name} | {rps:.1f} ({rel}) | {len(cell.results) - len(ok)} | "
+                       f"{f.format(*t.values())} | {added_t} | {f.format(*e.values())} | {added_e} | {cpu} |")  # fmt: skip
+    out += ["", f"Highest Poisson arrival rate meeting TTFT p99 ≤ {plan.slo_ttft_ms:.0f} ms, <1% errors "
+            f"(ladder {', '.join(f'{r:g}' for r in plan.rates)} req/s, {plan.rate_seconds:g} s each):", "",
+            "| path | sustained req/s |", "|---|---:|"]  # fmt: skip
+    out += [f"| {p} | ≥ {r:g} |" if r else f"| {p} | < {plan.rates[0]:g} |" for p, r in slo.items()]
+    out += ["", "RSS of the proxy (process tree), short non-streamed requests at 64 in flight:", "",
+            "| path | requests | RSS at 10% MiB | RSS at end MiB | growth |", "|---|---:|---:|---:|---:|"]  # fmt: skip
+    out += [f"| {p} | {v['requests']:,.0f} | {v['rss_at_10pct_mib']:.1f} | {v['rss_end_mib']:.1f} | "
+            f"{v['growth_pct']:+.1f}% |" for p, v in rss.items()]  # fmt: skip
+    return "\n".join(out) + "\n"
+
+
+async def run(plan: Plan, args: argparse.Namespace) -> int:
+    tmp = Path(tempfile.mkdtemp(prefix="gpuledger-bench-"))
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    procs = start_all(tmp, args.speedup, tuple(args.paths.split(",")))
+    results_dir = ROOT / "bench" / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    log_path = results_dir / f"{started.replace(':', '')}-{'quick' if args.quick else 'full'}.log"
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+        with log_path.open("a") as fh:
+            fh.write(line + "\n")
+
+    try:
+        async with make_session() as session:
+            await wait_ready(session, procs, tmp)
+            w = Workload(model=MODEL, max_tokens=args.max_tokens, stream=True)
+            for name, p in procs.items():  # warm-up: connection pools, JIT-free but lazy imports
+                await closed_loop(session, p.url, _with(w, p), 8, requests=32)
+                log(f"{name} ready at {p.url}")
+            cells = await latency_phase(session, procs, plan, w, log)
+            slo = await slo_phase(session, procs, plan, w, log)
+            rss = {}
+            if "gpuledger" in procs:
+                rss["gpuledger"] = await rss_phase(session, procs["gpuledger"], plan.rss_requests, log)
+            if "litellm" in procs:
+                rss["litellm"] = await rss_phase(session, procs["litellm"], plan.rss_requests_litellm, log)
+    finally:
+        for p in procs.values():
+            p.stop()
+    meta = {"started": started, "mode": "quick" if args.quick else "full",
+            "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}",
+            "max_tokens": args.max_tokens, "speedup": args.speedup}  # fmt: skip
+    table = report(cells, slo, rss, plan, meta)
+    md = log_path.with_suffix(".md")
+    md.write_text(table)
+    print("\n" + table + f"\nwritten to {md} (process logs in {tmp})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.runner", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="the short version (< 3 minutes)")
+    p.add_argument("--speedup", type=float, default=1.0, help="simulator time scale")
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset of " + ",".join(PATHS))
+    args = p.parse_args(argv)
+    if not (ROOT / ".venv-litellm" / "bin" / "litellm").exists():
+        print("LiteLLM is not installed: run bench/install_litellm.sh", file=sys.stderr)
+        return 2
+    runner: Any = asyncio.run
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        runner = uvloop.run
+    code: int = runner(run(QUICK if args.quick else FULL, args))
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,61 @@
+"""Usage ingestion: exactly-once accounting from at-least-once shipping.
+
+One transaction per batch: insert the records that are new (ON CONFLICT DO NOTHING on the
+record id, RETURNING the ids actually inserted), add only those to the per-minute rollups, commit,
+then acknowledge. A replayed batch finds every id present, adds nothing, and is acknowledged as
+duplicates; a crash before commit stores nothing, so the sidecar's retry counts it once.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from control_plane.budgets.periods import floor_minute
+from control_plane.budgets.service import check_alerts
+from control_plane.db import utcnow
+from control_plane.metrics import ControlPlaneMetrics
+from control_plane.usage.repository import ROLLUP_KEY, ROLLUP_SUMS, UsageRepository
+from gpuledger.contracts import UsageBatch, UsageBatchAck, UsageRecord
+
+
+def _row(record: UsageRecord, received: Any) -> dict[str, Any]:
+    row = record.model_dump()
+    row["received_at"] = received
+    return row
+
+
+def rollup_deltas(records: list[UsageRecord]) -> list[dict[str, Any]]:
+    sums: dict[tuple[Any, ...], dict[str, Any]] = defaultdict(lambda: dict.fromkeys(ROLLUP_SUMS, 0))
+    for r in records:
+        key = (floor_minute(r.started_at), r.feature, r.model, r.key_id or "", r.upstream)
+        acc = sums[key]
+        acc["requests"] += 1
+        acc["errors"] += 0 if r.status == "ok" else 1
+        acc["input_tokens"] += r.input_tokens
+        acc["cached_input_tokens"] += r.cached_input_tokens
+        acc["output_tokens"] += r.output_tokens
+        acc["gpu_seconds"] += r.gpu_seconds
+        acc["cost_usd"] += r.cost_usd
+        acc["cloud_cost_usd"] += r.cloud_cost_usd or 0.0
+    return [dict(zip(ROLLUP_KEY, key, strict=True)) | sums[key] for key in sorted(sums)]
+
+
+async def ingest(
+    session: AsyncSession, batch: UsageBatch, metrics: ControlPlaneMetrics
+) -> UsageBatchAck:
+    unique: dict[str, UsageRecord] = {}
+    for record in batch.records:
+        unique.setdefault(record.id, record)
+    received = utcnow()
+    repo = UsageRepository(session)
+    new_ids = await repo.insert_new([_row(r, received) for r in unique.values()])
+    new = [r for r in unique.values() if r.id in new_ids]
+    await repo.add_to_rollups(rollup_deltas(new))
+    await check_alerts(session, {r.feature for r in new})
+    await session.commit()
+    metrics.usage_ingested.inc(len(new))
+    metrics.usage_duplicates.inc(len(batch.records) - len(new))
+    return UsageBatchAck(accepted=len(new), duplicates=len(batch.records) - len(new))

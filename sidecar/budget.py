@@ -1,0 +1,381 @@
+"""GPU-second budgets across sidecars: a lease-holding admission guard.
+
+For each feature with a budget in the policy, the sidecar holds a *lease*: GPU-seconds the control
+plane set aside for it (``POST /api/v1/sidecar/leases``). `admit` reserves an estimate of the
+request's cost and admits only when the lease still covers it; `settle` swaps the reservation for
+the real ``gpu_seconds``. There is no network call on the request path: a background task renews
+leases (low balance, near expiry, or after a refusal) and reports what was settled since the last
+call. So the total charged across sidecars stays within the limit, up to what estimates
+under-shoot on requests in flight.
+
+Lease protocol, as the sidecar uses it: a grant *replaces* the sidecar's previous lease for the
+feature. ``granted_gpu_seconds`` is what it may still charge after everything it reported in
+``settled_gpu_seconds``; charges settled while the call was in flight and reservations in flight
+are charged against the new grant, and the request asks for them on top of its headroom.
+
+Estimate = (prompt tokens + max output tokens) x GPU-seconds per token x `safety`. The per-token
+rate starts at a conservative prior and is learned per feature from completed requests: an EWMA
+that rises fast and falls slowly, so a burst of expensive requests cannot slip under stale, cheap
+estimates.
+
+Control plane unreachable (the last lease call failed) and the lease can't cover a request:
+`fail_mode="open"` admits (metered `gpuledger_budget_fail_open_total{feature}`, logged) until
+`staleness_s` after the last successful lease call; `"closed"` refuses. A budget the control plane
+said is exhausted stays refused until its period ends, in both modes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Literal
+
+import aiohttp
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from gpuledger.contracts import BudgetState, LeaseGrant, LeaseRequest, UsageRecord
+from sidecar.errors import RateLimited
+from sidecar.hooks import RequestContext
+from sidecar.policy import Policy, PolicyStore
+
+log = logging.getLogger(__name__)
+
+
+class FeatureBudget:
+    """One feature's lease, reservations and learned cost. Mutated only on the event loop."""
+
+    __slots__ = (
+        "burn",
+        "exhausted",
+        "failing",
+        "feature",
+        "granted",
+        "hard_action",
+        "last_call",
+        "last_ok",
+        "lease_expires",
+        "max_estimate",
+        "period_end",
+        "rate",
+        "renewing",
+        "reserved",
+        "settled_total",
+        "short",
+        "spent",
+        "unreported",
+        "warned",
+    )
+
+    def __init__(self, budget: BudgetState, prior_rate: float, now: float) -> None:
+        self.feature = budget.feature
+        self.hard_action = budget.hard_action
+        self.period_end = budget.period_end.timestamp()
+        self.exhausted = budget.used_gpu_seconds >= budget.limit_gpu_seconds
+        self.granted = 0.0  # the current lease
+        self.lease_expires = 0.0  # epoch seconds; 0: no lease yet
+        self.spent = 0.0  # settled against the current lease
+        self.reserved = 0.0  # estimates of admitted requests still running
+        self.unreported = 0.0  # settled since the last lease call
+        self.settled_total = 0.0
+        self.rate = prior_rate  # GPU-seconds per token
+        self.burn = 0.0  # GPU-seconds per second, smoothed
+        self.max_estimate = 0.0
+        self.last_ok = now  # last successful lease call (or when the budget appeared)
+        self.last_call = 0.0
+        self.failing = False
+        self.renewing = False
+        self.short = False  # the last grant was less than asked: the budget is nearly spent
+        self.warned = False
+
+    @property
+    def available(self) -> float:
+        return self.granted - self.spent - self.reserved
+
+
+class BudgetAdmission:
+    __slots__ = ("estimate", "guard", "state")
+
+    def __init__(self, guard: BudgetGuard, state: FeatureBudget, estimate: float) -> None:
+        self.guard = guard
+        self.state = state
+        self.estimate = estimate
+
+    async def settle(self, record: UsageRecord | None) -> None:
+        self.guard.settle(self.state, self.estimate, record)
+
+
+class BudgetGuard:
+    name = "budget"
+
+    def __init__(
+        self,
+        store: PolicyStore,
+        *,
+        sidecar_id: str,
+        control_plane_url: str,
+        token: str,
+        fail_mode: Literal["open", "closed"] = "open",
+        staleness_s: float = 300.0,
+        prior_gpu_seconds_per_token: float = 0.02,
+        safety: float = 1.25,
+        lease_horizon_s: float = 30.0,
+        min_request_gpu_s: float = 1.0,
+        tick_s: float = 0.25,
+        min_call_interval_s: float = 0.1,
+        report_interval_s: float = 5.0,
+        request_timeout_s: float = 5.0,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.store = store
+        self.sidecar_id = sidecar_id
+        self.url = control_plane_url.rstrip("/") + "/api/v1/sidecar/leases"
+        self._headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        self.fail_mode = fail_mode
+        self.staleness_s = staleness_s
+        self.prior_rate = prior_gpu_seconds_per_token
+        self.safety = safety
+        self.lease_horizon_s = lease_horizon_s
+        self.min_request_gpu_s = min_request_gpu_s
+        self.tick_s = tick_s
+        self.min_call_interval_s = min_call_interval_s
+        self.report_interval_s = report_interval_s
+        self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
+        self.features: dict[str, FeatureBudget] = {}
+        self._seen: Policy | None = None
+        self._kick = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+        registry = registry if registry is not None else CollectorRegistry()
+        self._m_fail_open = Counter(
+            "gpuledger_budget_fail_open",
+            "Requests admitted without lease cover because the control plane was unreachable",
+            ["feature"],
+            registry=registry,
+        )
+        self._m_lease_failures = Counter(
+            "gpuledger_budget_lease_failures",
+            "Failed lease calls to the control plane",
+            ["feature"],
+            registry=registry,
+        )
+        self._m_available = Gauge(
+            "gpuledger_budget_lease_available_gpu_seconds",
+            "GPU-seconds left in this sidecar's lease after in-flight reservations",
+            ["feature"],
+            registry=registry,
+        )
+
+    # --- hot path -------------------------------------------------------------------------------
+
+    async def admit(self, ctx: RequestContext) -> BudgetAdmission | None:
+        if self.store.current is not self._seen:
+            self._refresh(time.time())
+        st = self.features.get(ctx.feature.name)
+        if st is None:
+            return None  # no budget for this feature
+        now = time.time()
+        estimate = (ctx.prompt_tokens_estimate + ctx.max_output_tokens) * st.rate * self.safety
+        if estimate > st.max_estimate:
+            st.max_estimate = estimate
+        if st.exhausted and now < st.period_end:
+            self._kick.set()  # the control plane may have raised the limit
+            return self._over(ctx, st, estimate, now, "exhausted")
+        if now < st.lease_expires and now < st.period_end and st.available >= estimate:
+            st.reserved += estimate
+            return BudgetAdmission(self, st, estimate)
+        self._kick.set()
+        never_answered = st.lease_expires == 0.0 and now - st.last_ok > 2.0
+        if st.failing or never_answered:
+            # No cover, and the control plane can't be asked (or never answered).
+            if self.fail_mode == "open" and now - st.last_ok <= self.staleness_s:
+                self._m_fail_open.labels(st.feature).inc()
+                if not st.warned:
+                    st.warned = True
+                    log.warning(
+                        "budget %s: control plane unreachable, admitting without lease cover "
+                        "(fail-open for up to %.0fs)",
+                        st.feature,
+                        self.staleness_s,
+                    )
+                st.reserved += estimate
+                return BudgetAdmission(self, st, estimate)
+            return self._over(ctx, st, estimate, now, "unreachable")
+        return self._over(ctx, st, estimate, now, "lease")
+
+    def _over(
+        self, ctx: RequestContext, st: FeatureBudget, estimate: float, now: float, why: str
+    ) -> BudgetAdmission:
+        """The lease doesn't cover the request: apply the feature's hard action."""
+        if st.hard_action == "alert_only":
+            ctx.response_headers["x-gpuledger-budget"] = "exceeded"
+            st.reserved += estimate
+            return BudgetAdmission(self, st, estimate)
+        if why == "exhausted":
+            message = f"the GPU budget of feature '{st.feature}' is spent for this period"
+            retry = st.period_end - now
+        elif why == "unreachable":
+            message = f"the budget of feature '{st.feature}' can't be checked right now"
+            retry = 5.0
+        else:
+            message = f"the GPU budget of feature '{st.feature}' has no room for this request now"
+            retry = 1.0
+        if st.hard_action == "escalate":
+            message += " (escalation to the cloud route is not available yet)"
+        raise RateLimited(message, retry_after_s=retry, code="budget_exceeded")
+
+    def settle(self, st: FeatureBudget, estimate: float, record: UsageRecord | None) -> None:
+        st.reserved = max(0.0, st.reserved - estimate)
+        if record is None:
+            return
+        charge = record.gpu_seconds
+        st.spent += charge
+        st.unreported += charge
+        st.settled_total += charge
+        tokens = record.input_tokens + record.output_tokens
+        if tokens > 0 and charge > 0:
+            observed = charge / tokens
+            # Rise fast, fall slowly: under-estimates are what overshoot a budget.
+            alpha = 0.5 if observed > st.rate else 0.05
+            st.rate += alpha * (observed - st.rate)
+        if st.available < st.max_estimate:
+            self._kick.set()
+
+    # --- policy -----------------------------------------------------------------------------
+
+    def _refresh(self, now: float) -> None:
+        policy = self.store.current
+        self._seen = policy
+        fresh: dict[str, FeatureBudget] = {}
+        for budget in policy.snapshot.budgets:
+            st = self.features.get(budget.feature)
+            if st is None:
+                st = FeatureBudget(budget, self.prior_rate, now)
+            else:
+                st.hard_action = budget.hard_action
+                end = budget.period_end.timestamp()
+                if end != st.period_end:  # a new period: the policy's view is the fresh one
+                    st.period_end = end
+                    st.exhausted = budget.used_gpu_seconds >= budget.limit_gpu_seconds
+            fresh[budget.feature] = st
+        self.features = fresh
+        self._kick.set()
+
+    # --- background renewal -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(timeout=self._timeout)
+        self._refresh(time.time())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.renew_due(), 3.0)
+        self._task = asyncio.create_task(self._run(), name="gpuledger-budget-leases")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._session is not None:
+            # Hand leases back and report the last charges, so others can use what is left.
+            held = [st for st in self.features.values() if st.lease_expires or st.unreported]
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.gather(*(self._call(st, release=True) for st in held)), 2.0
+                )
+            await self._session.close()
+            self._session = None
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), self.tick_s)
+            self._kick.clear()
+            try:
+                await self.renew_due()
+            except Exception:  # never let a bug stop lease renewal
+                log.exception("budget lease renewal failed")
+            await asyncio.sleep(self.min_call_interval_s)
+
+    def _due(self, st: FeatureBudget, now: float) -> bool:
+        if st.renewing or now - st.last_call < self.min_call_interval_s:
+            return False
+        if st.exhausted and now < st.period_end:
+            # Only the period's end or a raised limit changes this; ask now and then.
+            return now - st.last_call >= self.report_interval_s or st.unreported > 0
+        lease_left = min(st.lease_expires, st.period_end) - now
+        low_water = max(st.max_estimate, 0.25 * st.granted)
+        # A short grant means the control plane has no more to give: asking again at once
+        # would only load it, so wait a second (settlements elsewhere may free some).
+        low = st.available < low_water and (not st.short or now - st.last_call >= 1.0)
+        return (
+            lease_left < max(2.0, self.lease_horizon_s / 3)
+            or low
+            or (st.unreported > 0 and now - st.last_call >= self.report_interval_s)
+        )
+
+    async def renew_due(self) -> None:
+        if self.store.current is not self._seen:
+            self._refresh(time.time())
+        now = time.time()
+        due = [st for st in self.features.values() if self._due(st, now)]
+        if due:
+            await asyncio.gather(*(self._call(st) for st in due))
+        for st in self.features.values():
+            self._m_available.labels(st.feature).set(st.available)
+
+    async def _call(self, st: FeatureBudget, *, release: bool = False) -> None:
+        if self._session is None:
+            return
+        st.renewing = True
+        now = time.time()
+        st.last_call = now
+        report = st.unreported
+        st.unreported = 0.0
+        spent_mark = st.settled_total
+        if release:
+            wanted = 0.0
+        else:
+            headroom = max(
+                self.min_request_gpu_s, st.burn * self.lease_horizon_s, 4 * st.max_estimate
+            )
+            wanted = st.reserved + headroom
+        body = LeaseRequest(
+            sidecar_id=self.sidecar_id,
+            feature=st.feature,
+            requested_gpu_seconds=wanted,
+            settled_gpu_seconds=report,
+        )
+        try:
+            async with self._session.post(
+                self.url, data=body.model_dump_json(), headers=self._headers
+            ) as resp:
+                if resp.status != 200:
+                    raise RuntimeError(f"HTTP {resp.status}")
+                grant = LeaseGrant.model_validate_json(await resp.read())
+        except Exception as exc:
+            st.unreported += report  # not acknowledged: report it next time
+            self._m_lease_failures.labels(st.feature).inc()
+            if not st.failing:
+                log.warning("budget %s: lease call failed: %s", st.feature, exc)
+            st.failing = True
+            return
+        finally:
+            st.renewing = False
+        done = time.time()
+        if st.last_ok < done and report:
+            elapsed = max(done - st.last_ok, 1e-3)
+            st.burn += 0.3 * (report / elapsed - st.burn)
+        if st.failing:
+            log.info("budget %s: control plane reachable again", st.feature)
+        st.failing = False
+        st.warned = False
+        st.last_ok = done
+        st.granted = grant.granted_gpu_seconds
+        st.short = grant.granted_gpu_seconds < wanted
+        st.spent = st.settled_total - spent_mark  # settled while the call was in flight
+        st.lease_expires = grant.expires_at.timestamp()
+        st.period_end = grant.period_end.timestamp()
+        st.exhausted = grant.exhausted
+        st.hard_action = grant.hard_action

@@ -1,0 +1,493 @@
+"""The hot path: `/v1/*` as a plain ASGI app (no FastAPI request/response objects per call).
+
+Order for chat and completions: authenticate -> feature -> read body (413) -> parse (400) ->
+model allowed (403) -> hard guardrails (400) -> guard chain (rate limits, budgets, shedding) ->
+upstream. Everything refused before "upstream" never reaches vLLM. Upstream bytes are relayed as
+they arrive (`sidecar/streaming.py` meters them on the side); upstream errors pass through
+unchanged. Every request that got past authentication ends in exactly one usage record.
+
+Unauthenticated requests are counted in metrics but write no usage record: nobody can be billed
+for them, and a flood of bad keys must not flood the usage ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import orjson
+from opentelemetry.trace import Span, SpanKind
+
+from gpuledger.contracts import EnginePolicy, KeyPolicy
+from sidecar.auth import authenticate, check_model, model_allowed, resolve_feature
+from sidecar.deps import Components
+from sidecar.errors import (
+    InvalidRequest,
+    PayloadTooLarge,
+    SidecarError,
+    UpstreamUnavailable,
+)
+from sidecar.guardrails import apply_output_cap, check_prompt_cap, estimate_prompt_tokens
+from sidecar.hooks import Admission, RequestContext
+from sidecar.metering import Outcome, new_request_id
+from sidecar.streaming import SseScanner
+from sidecar.tracing import inject_headers, parent_context
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_JSON = b"application/json"
+_REQUEST_ID = "x-gpuledger-request-id"
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request was read."""
+
+
+class _Watch:
+    """Notices a client disconnect while the response is in flight, and aborts the upstream call
+    (closing the aiohttp response closes its connection; vLLM then aborts the request)."""
+
+    __slots__ = ("finished", "gone", "resp")
+
+    def __init__(self) -> None:
+        self.gone = False
+        self.finished = False
+        self.resp: aiohttp.ClientResponse | None = None
+
+    def __call__(self, task: asyncio.Future[Message]) -> None:
+        if task.cancelled() or task.exception() is not None or self.finished:
+            return
+        if task.result().get("type") == "http.disconnect":
+            self.gone = True
+            if self.resp is not None:
+                self.resp.close()
+
+
+def _header(headers: dict[bytes, bytes], name: bytes) -> str | None:
+    value = headers.get(name)
+    return value.decode("latin-1") if value is not None else None
+
+
+def _encode(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+
+async def send_bytes(
+    send: Send, status: int, body: bytes, content_type: bytes, headers: dict[str, str]
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+                *_encode(headers),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_error(send: Send, exc: SidecarError, headers: dict[str, str]) -> None:
+    await send_bytes(send, exc.status, exc.body(), _JSON, {**headers, **exc.headers})
+
+
+async def read_body(receive: Receive, limit: int, content_length: str | None) -> bytes:
+    """The whole request body; 413 as soon as it is known to exceed `limit`."""
+    too_large = PayloadTooLarge(f"The request body exceeds {limit} bytes.")
+    if content_length is not None and content_length.isdigit() and int(content_length) > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _parse(raw: bytes) -> dict[str, Any]:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    return body
+
+
+def _model_of(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("`model` is required.", param="model")
+    return model
+
+
+def _fanout(body: dict[str, Any]) -> int:
+    n, best_of = body.get("n"), body.get("best_of")
+    return max(n if isinstance(n, int) else 1, best_of if isinstance(best_of, int) else 1, 1)
+
+
+class Proxy:
+    """ASGI app mounted on `/v1/{path}`."""
+
+    def __init__(self, components: Components) -> None:
+        self.c = components
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path, method = scope["path"], scope["method"]
+        if method == "POST" and path == "/v1/chat/completions":
+            await self._request(scope, receive, send, op="chat")
+        elif method == "POST" and path == "/v1/completions":
+            await self._request(scope, receive, send, op="text_completion")
+        elif method == "GET" and path == "/v1/models":
+            await self._models(scope, send)
+        else:
+            await self._request(scope, receive, send, op="other")
+
+    def _authenticate(self, headers: dict[bytes, bytes]) -> KeyPolicy:
+        if not self.c.policy_store.loaded:
+            raise UpstreamUnavailable("No policy is loaded yet.", code="policy_unavailable")
+        return authenticate(self.c.policy_store.current, _header(headers, b"authorization"))
+
+    def _unauthenticated(self, exc: SidecarError) -> None:
+        self.c.metrics.requests.labels("other", "other", f"rejected:{exc.code}").inc()
+
+    async def _request(self, scope: Scope, receive: Receive, send: Send, *, op: str) -> None:
+        c = self.c
+        t0 = time.monotonic()
+        started_at = datetime.now(UTC)
+        request_id = new_request_id()
+        headers = dict(scope["headers"])
+        extra: dict[str, str] = {_REQUEST_ID: request_id}
+        try:
+            key = self._authenticate(headers)
+        except SidecarError as exc:
+            self._unauthenticated(exc)
+            await send_error(send, exc, extra)
+            return
+        policy = c.policy_store.current
+        feature_name, model, engine = key.default_feature, "unknown", c.default_engine
+        actions: list[str] = []
+        outcome = Outcome()
+        admissions: list[Admission] = []
+        try:
+            feature = resolve_feature(policy, key, _header(headers, b"x-feature"))
+            feature_name = feature.name
+            raw = await read_body(
+                receive, c.settings.max_body_bytes, _header(headers, b"content-length")
+            )
+            inference = op != "other"
+            if inference or raw[:1] == b"{":
+                body = _parse(raw)
+                model = _model_of(body) if inference else str(body.get("model") or "unknown")
+            else:
+                body = {}
+            if model != "unknown":
+                check_model(key, model)
+            engine = c.engine_for(model)
+            max_out, prompt_est, drop_usage = 0, estimate_prompt_tokens(raw), False
+            stream = inference and body.get("stream") is True
+            if inference:
+                chat = op == "chat"
+                max_out = apply_output_cap(
+                    body, feature, chat=chat, actions=actions, response_headers=extra
+                )
+                exact = await check_prompt_cap(c.http(), engine.url, body, raw, feature, chat=chat)
+                prompt_est = exact or prompt_est
+                if stream:
+                    options = body.get("stream_options")
+                    if not (isinstance(options, dict) and options.get("include_usage")):
+                        options = dict(options) if isinstance(options, dict) else {}
+                        options["include_usage"] = True
+                        body["stream_options"] = options
+                        drop_usage = True
+                raw = orjson.dumps(body)
+            ctx = RequestContext(
+                request_id=request_id,
+                key=key,
+                feature=feature,
+                model=model,
+                engine=engine.name,
+                stream=stream,
+                prompt_tokens_estimate=prompt_est,
+                max_output_tokens=max_out,
+                started_at=started_at,
+                response_headers=extra,
+                guardrail_actions=actions,
+            )
+            for guard in c.guards:
+                admission = await guard.admit(ctx)
+                if admission is not None:
+                    admissions.append(admission)
+        except (SidecarError, ClientGone) as exc:
+            for admission in admissions:
+                await admission.settle(None)
+            if isinstance(exc, ClientGone):
+                outcome.status = "cancelled"
+            else:
+                outcome.status = f"rejected:{exc.code}"
+                if exc.tier is not None:
+                    c.metrics.rejections.labels(
+                        policy.feature_label(feature_name), exc.tier, exc.code
+                    ).inc()
+                await send_error(send, exc, extra)
+            await c.metering.finish(
+                request_id=request_id, policy=policy, key_id=key.id, feature=feature_name,
+                model=model, engine=engine, started_at=started_at, t0=t0, outcome=outcome,
+                actions=actions, span=None, admitted=False,
+            )  # fmt: skip
+            return
+
+        span = c.tracer.start_span(
+            f"{op} {model}" if op != "other" else f"{scope['method']} {scope['path']}",
+            context=parent_context(
+                _header(headers, b"traceparent"), _header(headers, b"tracestate")
+            ),
+            kind=SpanKind.SERVER,
+        )
+        span.set_attribute("gen_ai.request.model", model)
+        if op != "other":
+            span.set_attribute("gen_ai.operation.name", op)
+            span.set_attribute("gen_ai.request.max_tokens", max_out // _fanout(body))
+        in_flight = c.metrics.in_flight.labels(policy.feature_label(feature_name))
+        in_flight.inc()
+        c.metering.clock(engine).admit(request_id, prompt_est, 0, n=_fanout(body))
+        watch = _Watch()
+        watcher = asyncio.ensure_future(receive())
+        watcher.add_done_callback(watch)
+        try:
+            await self._upstream(
+                scope, send, raw, span, headers, engine, extra, outcome, watch,
+                request_id=request_id, t0=t0, prompt_est=prompt_est, drop_usage=drop_usage,
+                stream=stream, op=op, fanout=_fanout(body),
+            )  # fmt: skip
+        finally:
+            watch.finished = True
+            watcher.cancel()
+            in_flight.dec()
+            if outcome.estimated:
+                actions.append("estimated_tokens")
+            record = await c.metering.finish(
+                request_id=request_id, policy=policy, key_id=key.id, feature=feature_name,
+                model=model, engine=engine, started_at=started_at, t0=t0, outcome=outcome,
+                actions=actions, span=span, admitted=True,
+            )  # fmt: skip
+            for admission in admissions:
+                await admission.settle(record)
+
+    async def _upstream(
+        self,
+        scope: Scope,
+        send: Send,
+        payload: bytes,
+        span: Span,
+        headers: dict[bytes, bytes],
+        engine: EnginePolicy,
+        extra: dict[str, str],
+        outcome: Outcome,
+        watch: _Watch,
+        *,
+        request_id: str,
+        t0: float,
+        prompt_est: int,
+        drop_usage: bool,
+        stream: bool,
+        op: str,
+        fanout: int,
+    ) -> None:
+        c = self.c
+        up_headers = {"content-type": _header(headers, b"content-type") or "application/json"}
+        if c.settings.upstream_api_key:
+            up_headers["authorization"] = f"Bearer {c.settings.upstream_api_key}"
+        inject_headers(span, up_headers)
+        url = engine.url.rstrip("/") + scope["path"]
+        if scope.get("query_string"):
+            url += "?" + scope["query_string"].decode("latin-1")
+        try:
+            resp = await c.http().request(scope["method"], url, data=payload, headers=up_headers)
+        except TimeoutError:
+            outcome.status = "upstream_error"
+            await send_error(send, _timeout(), extra)
+            return
+        except aiohttp.ClientError:
+            outcome.status = "upstream_error"
+            await send_error(send, _unavailable(engine.name), extra)
+            return
+        watch.resp = resp
+        try:
+            ctype = resp.headers.get("content-type", "application/json").encode("latin-1")
+            if stream and resp.status == 200:
+                await self._relay_stream(send, resp, ctype, extra, outcome, watch, request_id,
+                                         engine=engine, t0=t0, drop_usage=drop_usage,
+                                         chat=op == "chat", fanout=fanout)  # fmt: skip
+            else:
+                await self._relay_whole(send, resp, ctype, extra, outcome, watch)
+        finally:
+            resp.close()
+        if op != "other" and not outcome.input_tokens and outcome.status in ("ok", "cancelled"):
+            outcome.input_tokens = prompt_est  # vLLM reported no usage (e.g. a cancelled stream)
+            outcome.estimated = True
+
+    async def _relay_stream(
+        self,
+        send: Send,
+        resp: aiohttp.ClientResponse,
+        ctype: bytes,
+        extra: dict[str, str],
+        outcome: Outcome,
+        watch: _Watch,
+        request_id: str,
+        *,
+        engine: EnginePolicy,
+        t0: float,
+        drop_usage: bool,
+        chat: bool,
+        fanout: int,
+    ) -> None:
+        progress = self.c.metering.clock(engine).progress
+        scanner = SseScanner(drop_usage=drop_usage)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": resp.status,
+                "headers": [(b"content-type", ctype), *_encode(extra)],
+            }
+        )
+        try:
+            async for chunk in resp.content.iter_any():
+                out = scanner.feed(chunk, time.monotonic())
+                if out:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+                    progress(request_id, scanner.events)
+                if watch.gone:
+                    break
+        except (aiohttp.ClientError, TimeoutError):
+            if not watch.gone:
+                outcome.status = "upstream_error"
+        if scanner.first_at is not None:
+            outcome.ttft_s = scanner.first_at - t0
+        role_events = fanout if chat else 0
+        content = scanner.content_events(role_events)
+        if scanner.last_at is not None and scanner.first_at is not None and content > 1:
+            outcome.mean_itl_s = (scanner.last_at - scanner.first_at) / (content - 1)
+        outcome.finish_reasons = scanner.finish_reasons
+        if scanner.usage is not None:
+            outcome.take_usage(scanner.usage)
+        else:
+            outcome.output_tokens = content  # chunks seen: one token per chunk per choice
+            outcome.estimated = True
+        if watch.gone:
+            outcome.status = "cancelled"
+            return
+        if not scanner.done and outcome.status == "ok":
+            outcome.status = "upstream_error"  # the engine hung up mid-stream
+        watch.finished = True
+        await send({"type": "http.response.body", "body": scanner.finish(), "more_body": False})
+
+    async def _relay_whole(
+        self,
+        send: Send,
+        resp: aiohttp.ClientResponse,
+        ctype: bytes,
+        extra: dict[str, str],
+        outcome: Outcome,
+        watch: _Watch,
+    ) -> None:
+        try:
+            data = await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            if watch.gone:
+                outcome.status = "cancelled"
+                return
+            outcome.status = "upstream_error"
+            error = _timeout() if isinstance(exc, TimeoutError) else _unavailable("engine")
+            await send_error(send, error, extra)
+            return
+        if watch.gone:
+            outcome.status = "cancelled"
+            return
+        if resp.status >= 400:
+            outcome.status = "upstream_error"
+        elif ctype.startswith(_JSON):
+            _take_response(data, outcome)
+        watch.finished = True
+        await send_bytes(send, resp.status, data, ctype, extra)
+
+    async def _models(self, scope: Scope, send: Send) -> None:
+        """vLLM's model list, filtered to what the key may use (and merged across engines)."""
+        c = self.c
+        headers = dict(scope["headers"])
+        extra: dict[str, str] = {}
+        try:
+            key = self._authenticate(headers)
+        except SidecarError as exc:
+            self._unauthenticated(exc)
+            await send_error(send, exc, extra)
+            return
+        engines = c.policy_store.current.snapshot.engines or [c.default_engine]
+        urls = dict.fromkeys(e.url.rstrip("/") for e in engines)
+        seen: dict[str, Any] = {}
+        for url in urls:
+            try:
+                async with c.http().get(f"{url}/v1/models") as resp:
+                    if resp.status != 200:
+                        continue
+                    listing = orjson.loads(await resp.read())
+            except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError):
+                continue
+            for item in listing.get("data", []):
+                model_id = item.get("id")
+                if isinstance(model_id, str) and model_allowed(key, model_id):
+                    seen.setdefault(model_id, item)
+        if not seen and not any(True for _ in urls):
+            await send_error(send, _unavailable("engine"), extra)
+            return
+        body = orjson.dumps({"object": "list", "data": list(seen.values())})
+        await send_bytes(send, 200, body, _JSON, extra)
+
+
+def _take_response(data: bytes, outcome: Outcome) -> None:
+    """Usage, finish reasons and model from a non-streamed JSON response."""
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return
+    if not isinstance(parsed, dict):
+        return
+    usage = parsed.get("usage")
+    if isinstance(usage, dict):
+        outcome.take_usage(usage)
+    model = parsed.get("model")
+    if isinstance(model, str):
+        outcome.response_model = model
+    choices = parsed.get("choices")
+    if isinstance(choices, list):
+        outcome.finish_reasons = [
+            ch["finish_reason"]
+            for ch in choices
+            if isinstance(ch, dict) and isinstance(ch.get("finish_reason"), str)
+        ]
+
+
+def _timeout() -> UpstreamUnavailable:
+    return UpstreamUnavailable("The engine did not answer in time.", code="upstream_timeout",
+                               status=504)  # fmt: skip
+
+
+def _unavailable(engine: str) -> UpstreamUnavailable:
+    return UpstreamUnavailable(f"The engine {engine!r} is unreachable.")

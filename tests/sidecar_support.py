@@ -1,0 +1,80 @@
+"""Run a real sidecar (uvicorn on a free port, in a background thread) for tests and benchmarks.
+
+    with run_sidecar(settings) as base_url:      # or run_sidecar(app=create_app(...))
+        client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=DEV_SECRET)
+
+The app's lifespan runs in the server thread's own event loop, so a `MemorySink` passed to
+`create_app` is read from the test thread with `sink.wait_for(n)`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI
+
+from gpuledger.contracts import PolicySnapshot
+from sidecar.policy import load_policy_file
+from tests.conftest import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+DEV_POLICY = REPO / "deploy" / "policy.dev.yaml"
+DEV_SECRET = "glk_dev_local_only_change_me"
+
+
+@contextlib.contextmanager
+def run_sidecar(
+    settings: object | None = None, *, app: FastAPI | None = None, startup_timeout_s: float = 20.0
+) -> Iterator[str]:
+    """Serve `app` (or `create_app(settings)`) on 127.0.0.1:<free port>; yields the base URL."""
+    if app is None:
+        from sidecar.app import create_app
+        from sidecar.settings import Settings
+
+        assert settings is None or isinstance(settings, Settings)
+        app = create_app(settings)
+    port = free_port()
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=f"sidecar-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + startup_timeout_s
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("the sidecar failed to start (see the log above)")
+        if time.monotonic() > deadline:
+            server.should_exit = True
+            raise TimeoutError("the sidecar did not start in time")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+def dev_snapshot(engine_url: str, **feature_overrides: dict[str, object]) -> PolicySnapshot:
+    """The dev policy (deploy/policy.dev.yaml) pointed at `engine_url`; `feature_overrides`
+    replace fields of the named features (e.g. `default={"max_tokens_cap": 32}`)."""
+    snapshot = load_policy_file(DEV_POLICY)
+    engines = [e.model_copy(update={"url": engine_url}) for e in snapshot.engines]
+    features = [f.model_copy(update=feature_overrides.get(f.name, {})) for f in snapshot.features]
+    data = snapshot.model_dump()
+    data.update(
+        engines=[e.model_dump() for e in engines], features=[f.model_dump() for f in features]
+    )
+    return PolicySnapshot.model_validate(data)

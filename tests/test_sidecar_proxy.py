@@ -1,0 +1,393 @@
+"""The sidecar end to end: real `openai` clients -> sidecar (uvicorn) -> the real vLLM engine.
+
+The tiny model is deterministic at temperature 0, so what the client gets through the sidecar is
+compared with what vLLM answers directly. The engine is shared with other developers during
+development: counter checks ("nothing reached vLLM") may flake there; in CI the suite runs alone.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import openai
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from gpuledger.contracts import KeyPolicy, PolicySnapshot, UsageRecord, hash_key
+from sidecar.app import create_app
+from sidecar.policy import PolicyStore
+from sidecar.settings import Settings
+from sidecar.sinks import MemorySink
+from tests.conftest import free_port
+from tests.sidecar_support import DEV_SECRET, dev_snapshot, run_sidecar
+
+pytestmark = pytest.mark.engine
+
+CHAT = [{"role": "user", "content": "tell me about the cache"}]
+ONLY_OTHER_SECRET = "glk_test_only_other_model_0123456789"
+EXPIRED_SECRET = "glk_test_expired_0123456789abcdef"
+DISABLED_SECRET = "glk_test_disabled_0123456789abcdef"
+
+
+class Sidecar:
+    def __init__(self, url: str, sink: MemorySink, spans: InMemorySpanExporter) -> None:
+        self.url = url
+        self.sink = sink
+        self.spans = spans
+
+    def client(self, secret: str = DEV_SECRET) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=secret, max_retries=0)
+
+    def aclient(self) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key=DEV_SECRET, max_retries=0)
+
+    def record(self, request_id: str, timeout_s: float = 10.0) -> UsageRecord:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for record in list(self.sink.records):
+                if record.id == request_id:
+                    return record
+            time.sleep(0.01)
+        raise AssertionError(f"no usage record for {request_id}")
+
+    def last_record(self) -> UsageRecord:
+        self.sink.wait_for(1)
+        return self.sink.records[-1]
+
+
+def _snapshot(engine_url: str) -> PolicySnapshot:
+    base = dev_snapshot(
+        engine_url,
+        default={"default_max_tokens": 8, "max_tokens_cap": 32, "over_cap": "reject"},
+        chat={"default_max_tokens": 8, "max_tokens_cap": 24, "over_cap": "clamp",
+              "max_prompt_tokens": 40},
+    )  # fmt: skip
+    dev = base.keys[0]
+    extra = [
+        dev.model_copy(update={"id": "key_other", "key_hash": hash_key(ONLY_OTHER_SECRET),
+                               "models": ["not-tiny"]}),
+        dev.model_copy(update={"id": "key_expired", "key_hash": hash_key(EXPIRED_SECRET),
+                               "expires_at": datetime.now(UTC) - timedelta(days=1)}),
+        dev.model_copy(update={"id": "key_disabled", "key_hash": hash_key(DISABLED_SECRET),
+                               "enabled": False}),
+    ]  # fmt: skip
+    return base.model_copy(update={"keys": [dev, *extra]})
+
+
+@pytest.fixture(scope="module")
+def sidecar(engine_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sidecar]:
+    store = PolicyStore(tmp_path_factory.mktemp("state"))
+    store.replace(_snapshot(engine_url))
+    sink, spans = MemorySink(), InMemorySpanExporter()
+    settings = Settings(upstream_url=engine_url, state_dir=store.state_path.parent)  # type: ignore[union-attr]
+    app = create_app(settings, policy_store=store, sink=sink, span_exporter=spans)
+    with run_sidecar(app=app) as url:
+        yield Sidecar(url, sink, spans)
+
+
+@pytest.fixture(scope="module")
+def direct(engine_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{engine_url}/v1", api_key="unused", max_retries=0)
+
+
+def _engine_counters(engine_url: str) -> dict[str, float]:
+    text = httpx.get(f"{engine_url}/metrics", timeout=10).text
+    out: dict[str, float] = {}
+    for name in ("vllm:request_success_total", "vllm:prompt_tokens_total", "vllm:num_requests_running"):
+        out[name] = sum(
+            float(m.group(1))
+            for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE)
+        )
+    return out
+
+
+def _normalise(raw: str) -> str:
+    """SSE text without the per-request id and timestamp."""
+    raw = re.sub(r'"id":"[^"]+"', '"id":"X"', raw)
+    return re.sub(r'"created":\d+', '"created":0', raw)
+
+
+# --- parity with vLLM -------------------------------------------------------------------------
+
+
+def test_sync_chat_equals_direct(sidecar: Sidecar, direct: openai.OpenAI) -> None:
+    args = {"model": "tiny", "messages": CHAT, "max_tokens": 12, "temperature": 0, "seed": 7}
+    want = direct.chat.completions.create(**args)  # type: ignore[call-overload]
+    raw = sidecar.client().chat.completions.with_raw_response.create(**args)
+    got = raw.parse()
+    assert got.choices[0].message.content == want.choices[0].message.content
+    assert got.usage == want.usage
+    record = sidecar.record(raw.headers["x-gpuledger-request-id"])
+    assert record.status == "ok"
+    assert (record.input_tokens, record.output_tokens) == (
+        want.usage.prompt_tokens,  # type: ignore[union-attr]
+        want.usage.completion_tokens,  # type: ignore[union-attr]
+    )
+    assert record.key_id == "key_dev" and record.feature == "default"
+    assert record.finish_reason == want.choices[0].finish_reason
+    assert record.gpu_seconds > 0
+
+
+def test_stream_without_usage_is_byte_identical(sidecar: Sidecar, engine_url: str) -> None:
+    body = {"model": "tiny", "messages": CHAT, "max_tokens": 10, "temperature": 0, "stream": True}
+    want = httpx.post(f"{engine_url}/v1/chat/completions", json=body, timeout=30).text
+    resp = httpx.post(
+        f"{sidecar.url}/v1/chat/completions",
+        json=body,
+        headers={"authorization": f"Bearer {DEV_SECRET}"},
+        timeout=30,
+    )
+    assert resp.status_code == 200
+    assert _normalise(resp.text) == _normalise(want)  # the injected usage chunk is gone
+    record = sidecar.record(resp.headers["x-gpuledger-request-id"])
+    assert record.output_tokens == 10 and record.input_tokens > 0
+    assert record.ttft_ms is not None and record.ttft_ms <= record.e2e_ms
+    assert "estimated_tokens" not in record.guardrail_actions
+
+
+def test_sync_stream_text_and_usage(sidecar: Sidecar, direct: openai.OpenAI) -> None:
+    args = {"model": "tiny", "messages": CHAT, "max_tokens": 12, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}  # fmt: skip
+
+    def collect(client: openai.OpenAI) -> tuple[str, object]:
+        text, usage = "", None
+        for chunk in client.chat.completions.create(**args):  # type: ignore[call-overload]
+            if chunk.choices:
+                text += chunk.choices[0].delta.content or ""
+            if chunk.usage is not None:
+                usage = chunk.usage
+        return text, usage
+
+    assert collect(sidecar.client()) == collect(direct)
+    _, usage = collect(direct)
+    record = sidecar.last_record()
+    assert record.output_tokens == usage.completion_tokens  # type: ignore[attr-defined]
+
+
+async def test_async_stream_and_plain(sidecar: Sidecar, direct: openai.OpenAI) -> None:
+    client = sidecar.aclient()
+    stream = await client.completions.create(
+        model="tiny", prompt="the cache", max_tokens=9, temperature=0, stream=True
+    )
+    text = "".join([c.choices[0].text async for c in stream if c.choices])
+    want = direct.completions.create(model="tiny", prompt="the cache", max_tokens=9, temperature=0)
+    assert text == want.choices[0].text
+    plain = await client.chat.completions.create(
+        model="tiny", messages=CHAT, max_tokens=5, temperature=0  # type: ignore[arg-type]
+    )
+    assert plain.usage is not None and plain.usage.completion_tokens <= 5
+    await client.close()
+
+
+# --- cancellation -----------------------------------------------------------------------------
+
+
+def test_abandoned_stream_is_cancelled_and_metered(sidecar: Sidecar, engine_url: str) -> None:
+    body = {"model": "tiny", "messages": CHAT, "max_tokens": 400, "stream": True,
+            "ignore_eos": True, "temperature": 0}  # fmt: skip
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream(
+            "POST",
+            f"{sidecar.url}/v1/chat/completions",
+            json=body,
+            headers={"authorization": f"Bearer {DEV_SECRET}", "x-feature": "chat"},
+        ) as resp,
+    ):
+        request_id = resp.headers["x-gpuledger-request-id"]
+        events = 0
+        for line in resp.iter_lines():
+            events += line.startswith("data:")
+            if events >= 5:
+                break
+    record = sidecar.record(request_id)
+    assert record.status == "cancelled"
+    assert record.output_tokens >= 4  # tokens streamed before the hang-up
+    assert record.output_tokens < 24  # the clamp (24) is the most it could be
+    assert "estimated_tokens" in record.guardrail_actions
+    deadline = time.monotonic() + 60
+    while _engine_counters(engine_url)["vllm:num_requests_running"] > 0:
+        assert time.monotonic() < deadline, "the engine kept running the abandoned request"
+        time.sleep(0.2)
+
+
+def test_long_abandoned_stream_aborts_upstream(sidecar: Sidecar, engine_url: str) -> None:
+    body = {"model": "tiny", "messages": CHAT, "max_tokens": 20, "stream": True,
+            "ignore_eos": True, "temperature": 0}  # fmt: skip
+    before = _engine_counters(engine_url)["vllm:request_success_total"]
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream(
+            "POST", f"{sidecar.url}/v1/chat/completions", json=body,
+            headers={"authorization": f"Bearer {DEV_SECRET}"},
+        ) as resp,
+    ):  # fmt: skip
+        request_id = resp.headers["x-gpuledger-request-id"]
+        next(resp.iter_lines())
+    record = sidecar.record(request_id)
+    assert record.status == "cancelled"
+    # Aborted requests are not counted as successes by vLLM (other users may add some in dev).
+    time.sleep(1)
+    assert _engine_counters(engine_url)["vllm:request_success_total"] == before
+
+
+# --- guardrails -------------------------------------------------------------------------------
+
+
+def test_missing_max_tokens_gets_the_feature_default(sidecar: Sidecar) -> None:
+    raw = sidecar.client().chat.completions.with_raw_response.create(
+        model="tiny", messages=CHAT, temperature=0, extra_body={"ignore_eos": True}  # type: ignore[arg-type]
+    )
+    assert raw.parse().usage.completion_tokens == 8  # type: ignore[union-attr]
+    record = sidecar.record(raw.headers["x-gpuledger-request-id"])
+    assert "default_max_tokens" in record.guardrail_actions
+
+
+def test_over_cap_rejects_or_clamps(sidecar: Sidecar) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        sidecar.client().chat.completions.create(model="tiny", messages=CHAT, max_tokens=33)  # type: ignore[arg-type]
+    assert err.value.code == "max_tokens_exceeded" and err.value.param == "max_tokens"
+    assert sidecar.last_record().status == "rejected:max_tokens_exceeded"
+    raw = sidecar.client().chat.completions.with_raw_response.create(
+        model="tiny", messages=CHAT, max_completion_tokens=1000, temperature=0,  # type: ignore[arg-type]
+        extra_headers={"X-Feature": "chat"}, extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    assert raw.headers["x-gpuledger-clamped"] == "max_tokens"
+    assert raw.parse().usage.completion_tokens == 24  # type: ignore[union-attr]
+    record = sidecar.record(raw.headers["x-gpuledger-request-id"])
+    assert record.feature == "chat" and "clamped:max_tokens" in record.guardrail_actions
+
+
+def test_prompt_cap_uses_the_engine_tokenizer(sidecar: Sidecar) -> None:
+    client = sidecar.client()
+    long_prompt = [{"role": "user", "content": "cache " * 60}]
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="tiny", messages=long_prompt, max_tokens=2,  # type: ignore[arg-type]
+                                       extra_headers={"X-Feature": "chat"})  # fmt: skip
+    assert err.value.code == "prompt_too_long"
+    # 70 bytes of JSON but fewer than 40 tokens: the exact count lets it through.
+    fits = [{"role": "user", "content": "cache cache cache cache cache cache cache"}]
+    ok = client.chat.completions.create(model="tiny", messages=fits, max_tokens=2,  # type: ignore[arg-type]
+                                        extra_headers={"X-Feature": "chat"})  # fmt: skip
+    assert ok.usage is not None and ok.usage.prompt_tokens <= 40
+
+
+def _post(url: str, secret: str | None, content: bytes, **headers: str) -> httpx.Response:
+    if secret is not None:
+        headers["authorization"] = f"Bearer {secret}"
+    headers.setdefault("content-type", "application/json")
+    return httpx.post(f"{url}/v1/chat/completions", content=content, headers=headers, timeout=30)
+
+
+def test_rejections_answer_the_envelope_and_never_reach_vllm(
+    sidecar: Sidecar, engine_url: str
+) -> None:
+    ok_body = b'{"model":"tiny","messages":[{"role":"user","content":"hi"}],"max_tokens":2}'
+    cases = [
+        (None, ok_body, {}, 401, "invalid_api_key"),
+        ("glk_wrong", ok_body, {}, 401, "invalid_api_key"),
+        (EXPIRED_SECRET, ok_body, {}, 401, "key_expired"),
+        (DISABLED_SECRET, ok_body, {}, 403, "key_disabled"),
+        (DEV_SECRET, ok_body, {"x-feature": "nope"}, 403, "feature_not_allowed"),
+        (ONLY_OTHER_SECRET, ok_body, {}, 403, "model_not_allowed"),
+        (DEV_SECRET, b'{"model": "tiny", "messages": [', {}, 400, "invalid_request"),
+        (DEV_SECRET, b"[1, 2]", {}, 400, "invalid_request"),
+        (DEV_SECRET, b'{"messages": []}', {}, 400, "invalid_request"),
+        (DEV_SECRET, ok_body.replace(b'"max_tokens":2', b'"max_tokens":99'), {}, 400,
+         "max_tokens_exceeded"),
+        (DEV_SECRET, ok_body.replace(b'"max_tokens":2', b'"n":40'), {}, 400, "max_tokens_exceeded"),
+        (DEV_SECRET, b'{"model":"tiny","pad":"' + b"x" * (1024 * 1024) + b'"}', {}, 413,
+         "request_too_large"),
+    ]  # fmt: skip
+    before = _engine_counters(engine_url)
+    for secret, content, headers, status, code in cases:
+        resp = _post(sidecar.url, secret, content, **headers)
+        assert resp.status_code == status, (code, resp.text)
+        error = resp.json()["error"]
+        assert error["code"] == code
+        assert set(error) == {"message", "type", "param", "code"}
+    after = _engine_counters(engine_url)
+    assert after["vllm:request_success_total"] == before["vllm:request_success_total"]
+    assert after["vllm:prompt_tokens_total"] == before["vllm:prompt_tokens_total"]
+
+
+def test_upstream_errors_pass_through_unchanged(sidecar: Sidecar, engine_url: str) -> None:
+    body = {"model": "tiny", "messages": CHAT, "max_tokens": 2, "temperature": 0, "n": 2}
+    want = httpx.post(f"{engine_url}/v1/chat/completions", json=body, timeout=30)
+    got = httpx.post(f"{sidecar.url}/v1/chat/completions", json=body, timeout=30,
+                     headers={"authorization": f"Bearer {DEV_SECRET}"})  # fmt: skip
+    assert want.status_code == 400
+    assert (got.status_code, got.content) == (want.status_code, want.content)
+    assert sidecar.record(got.headers["x-gpuledger-request-id"]).status == "upstream_error"
+
+
+def test_models_lists_only_what_the_key_may_use(sidecar: Sidecar) -> None:
+    assert [m.id for m in sidecar.client().models.list()] == ["tiny"]
+    assert [m.id for m in sidecar.client(ONLY_OTHER_SECRET).models.list()] == []
+
+
+def test_unreachable_upstream_is_503(engine_url: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    store = PolicyStore(None)
+    store.replace(dev_snapshot(dead))
+    sink = MemorySink()
+    app = create_app(Settings(upstream_url=dead), policy_store=store, sink=sink)
+    with run_sidecar(app=app) as url:
+        resp = _post(url, DEV_SECRET, b'{"model":"tiny","prompt":"x"}')
+        assert resp.status_code == 503
+        assert resp.json()["error"]["code"] == "upstream_unavailable"
+        assert httpx.get(f"{url}/ready").status_code == 503
+        assert sink.wait_for(1)[0].status == "upstream_error"
+
+
+# --- tracing, metrics, secrets ----------------------------------------------------------------
+
+
+def test_span_carries_genai_attributes_and_caller_trace(sidecar: Sidecar) -> None:
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    raw = sidecar.client().chat.completions.with_raw_response.create(
+        model="tiny", messages=CHAT, max_tokens=3, temperature=0,  # type: ignore[arg-type]
+        extra_headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"},
+    )  # fmt: skip
+    record = sidecar.record(raw.headers["x-gpuledger-request-id"])
+    assert record.trace_id == trace_id
+    span = next(
+        s for s in sidecar.spans.get_finished_spans()
+        if s.attributes and s.attributes.get("gpuledger.request_id") == record.id
+    )  # fmt: skip
+    assert span.name == "chat tiny"
+    attrs = dict(span.attributes or {})
+    assert attrs["gen_ai.system"] == "vllm" and attrs["inference.backend"] == "vllm"
+    assert attrs["gen_ai.request.model"] == "tiny" and attrs["gen_ai.response.model"] == "tiny"
+    assert attrs["gen_ai.usage.output_tokens"] == record.output_tokens == 3
+    assert attrs["gen_ai.request.max_tokens"] == 3
+    assert attrs["feature"] == "default" and attrs["gpu_seconds"] == record.gpu_seconds
+
+
+def test_metrics_families_and_no_secret_anywhere(
+    sidecar: Sidecar, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
+    sidecar.client().chat.completions.create(model="tiny", messages=CHAT, max_tokens=2)  # type: ignore[arg-type]
+    _post(sidecar.url, DEV_SECRET + "x", b"{}")
+    text = httpx.get(f"{sidecar.url}/metrics").text
+    for family in (
+        "gpuledger_requests_total", "gpuledger_tokens_total", "gpuledger_gpu_seconds_total",
+        "gpuledger_guardrail_rejections_total", "gpuledger_ttft_seconds_bucket",
+        "gpuledger_inter_token_latency_seconds_bucket", "gpuledger_e2e_seconds_bucket",
+        "gpuledger_in_flight_requests", "gpuledger_cost_usd_total",
+        "gpuledger_engine_busy_gpu_seconds_total",
+    ):  # fmt: skip
+        assert family in text, family
+    assert 'status="rejected:invalid_api_key"' in text
+    assert 'kind="output"' in text and 'feature="default",model="tiny"' in text
+    for secret in (DEV_SECRET, ONLY_OTHER_SECRET, EXPIRED_SECRET, "glk_"):
+        assert secret not in text
+        assert secret not in caplog.text
+        assert all(secret not in r.model_dump_json() for r in sidecar.sink.records)
+        for span in sidecar.spans.get_finished_spans():
+            assert secret not in str(dict(span.attributes or {}))
