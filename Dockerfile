@@ -1,27 +1,26 @@
 # One image for the sidecar, the control plane (and its migrate job) and the Streamlit dashboard:
-# the service is chosen by the command, e.g. `gpuledger sidecar`, `gpuledger control-plane`,
+# the command picks the service: `gpuledger sidecar`, `gpuledger control-plane`,
 # `gpuledger db upgrade`, `gpuledger dashboard`. vLLM runs from its own image.
-FROM python:3.11-slim AS build
-WORKDIR /src
+FROM python:3.11-slim
+ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 GPULEDGER_HOST=0.0.0.0
+WORKDIR /app
+# Dependencies first, so a code change does not reinstall them.
 COPY pyproject.toml README.md ./
+RUN mkdir -p gpuledger sidecar control_plane dashboard serving \
+    && pip install . && pip uninstall -y gpuledger
 COPY gpuledger ./gpuledger
 COPY sidecar ./sidecar
 COPY control_plane ./control_plane
 COPY dashboard ./dashboard
 COPY serving ./serving
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
-
-FROM python:3.11-slim
-ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 GPULEDGER_HOST=0.0.0.0
-COPY --from=build /wheels /wheels
-RUN pip install --no-index --find-links /wheels gpuledger && rm -rf /wheels \
-    && useradd --system --create-home --uid 10001 gpuledger
-WORKDIR /app
-# Alembic needs its scripts at run time for `gpuledger db upgrade`.
-COPY alembic.ini ./
+# The control plane finds Alembic's scripts next to its package (control_plane/../migrations),
+# so the code stays in /app as an editable install rather than in site-packages.
 COPY migrations ./migrations
-COPY deploy/policy.dev.yaml ./deploy/
-RUN mkdir -p /app/data && chown gpuledger /app/data
+COPY alembic.ini ./
+COPY deploy/policy.dev.yaml ./deploy/policy.dev.yaml
+RUN pip install --no-deps -e . \
+    && useradd --system --create-home --uid 10001 gpuledger \
+    && mkdir -p /app/data && chown gpuledger /app/data
 USER gpuledger
 ENTRYPOINT ["gpuledger"]
 CMD ["sidecar"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -74,7 +75,7 @@ def percentile(values: Sequence[float], q: float) -> float:
     if not values:
         return float("nan")
     s = sorted(values)
-    k = max(0, min(len(s) - 1, round(q / 100 * len(s) + 0.5) - 1))
+    k = max(0, min(len(s) - 1, math.ceil(q / 100 * len(s)) - 1))
     return s[k]
 
 
@@ -147,7 +148,7 @@ async def one_request(session: aiohttp.ClientSession, url: str, w: Workload, i: 
                 body = orjson.loads(await resp.read())
                 res.ttft = time.perf_counter() - res.start
                 res.output_tokens = int(body["usage"]["completion_tokens"])
-    except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError, KeyError) as exc:
+    except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError, KeyError) as exc:
         res.error = f"{type(exc).__name__}: {exc}"[:200]
     res.e2e = time.perf_counter() - res.start
     return res
@@ -161,23 +162,38 @@ def make_session(timeout_s: float = 120.0) -> aiohttp.ClientSession:
 
 async def closed_loop(
     session: aiohttp.ClientSession, base_url: str, w: Workload, concurrency: int,
-    requests: int | None = None, duration_s: float | None = None,
+    requests: int | None = None, duration_s: float | None = None, hard_stop_s: float | None = None,
 ) -> tuple[list[Result], float]:  # fmt: skip
-    """`concurrency` workers, back to back, until `requests` are done or `duration_s` passed."""
+    """`concurrency` workers, back to back, until `requests` are done or `duration_s` passed.
+
+    Requests started before `duration_s` run to completion, unless `hard_stop_s` (from the start)
+    passes first: those still in flight then count as errors ("unfinished"), so a path too slow
+    to finish its window cannot stretch a run without bound.
+    """
     url = base_url.rstrip("/") + w.path
     results: list[Result] = []
     counter = iter(range(requests if requests is not None else 1 << 62))
     t0 = time.perf_counter()
     stop_at = t0 + duration_s if duration_s is not None else float("inf")
+    in_flight: dict[int, float] = {}
 
-    async def worker() -> None:
+    async def worker(wid: int) -> None:
         for i in counter:
             if time.perf_counter() >= stop_at:
                 return
+            in_flight[wid] = time.perf_counter()
             results.append(await one_request(session, url, w, i))
+            del in_flight[wid]
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return results, time.perf_counter() - t0
+    loop = asyncio.get_running_loop()
+    tasks = [loop.create_task(worker(k)) for k in range(concurrency)]
+    _, pending = await asyncio.wait(tasks, timeout=hard_stop_s)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    now = time.perf_counter()
+    results += [Result(start=s, e2e=now - s, error="unfinished at the time limit") for s in in_flight.values()]
+    return results, now - t0
 
 
 async def open_loop(

@@ -14,6 +14,7 @@ _COMMAND_MODULES = (
     "serving.cli",
     "serving.engine_cli",
     "sidecar.cli",
+    "sidecar.calibration_cli",
     "control_plane.cli",
     "dashboard.cli",
     "gpuledger.stack",
@@ -29,7 +30,10 @@ class CliError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gpuledger", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="gpuledger",
+        description="Guardrails, metering and GPU-hour budgets for self-hosted vLLM.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in _COMMAND_MODULES:
         module = importlib.import_module(name)

@@ -18,7 +18,7 @@ Calibration of the `h100-llama8b` preset (one H100 80GB, Llama-3.1-8B, BF16, vLL
 - Step time a + b*seqs + c*seqs^2: a = 6.0 ms is the single-stream step (reading 15 GiB of
   weights at H100's 3.35 TB/s takes ~4.8 ms of it). The measured step grows faster than linearly
   (7.2 ms at 64, 18.5 ms at ~192), which a linear b cannot fit, so b = 0 and c = 0.29 us: 7.2 ms
-  at 64 seqs, 16.7 ms at 192, 25 ms at 256 (10,400 tok/s; measured 9,790).
+  at 64 seqs, 16.7 ms at 192, 25 ms at 256 (10,200 tok/s of pure decode; measured 9,790).
 - Prefill 45,000 tok/s: what makes 64 simultaneous 210-token prompts reach a median TTFT of
   ~167 ms; public figures for 8B on H100 give the same order (~14 GFLOP per token against
   989 TFLOP/s dense BF16 is ~70k tok/s at full utilisation).
@@ -55,6 +55,7 @@ _ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1
 _LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0,
                     60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)  # fmt: skip
 _ITER_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+_FINGERPRINT = "vllm-simulator"
 _SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 
 
@@ -250,10 +251,9 @@ class Simulator:
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
             raise SimError(400, f"max_tokens must be at least 1, got {max_tokens}.", "max_tokens")
         if max_tokens > limit:
-            raise SimError(400, f"'max_tokens' or 'max_completion_tokens' is too large: {max_tokens}. "
-                           f"This model's maximum context length is {limit} tokens and your request "
-                           f"has {prompt_tokens} input tokens ({max_tokens} > {limit} - "
-                           f"{prompt_tokens}).", "max_tokens")  # fmt: skip
+            raise SimError(400, f"max_tokens={max_tokens} cannot be greater than max_model_len={limit}. "
+                           f"Please request fewer output tokens. (parameter=max_tokens, value={max_tokens})",
+                           "max_tokens")  # fmt: skip
         # Prompt + max_tokens over the context is not an error in vLLM: output is capped.
         max_tokens = min(max_tokens, limit - prompt_tokens)
         natural = None if body.get("ignore_eos") else cfg.natural_output_tokens
@@ -292,17 +292,30 @@ class Simulator:
             await req.waiter
         req.waiter = None
 
-    def _usage(self, req: SimRequest) -> dict[str, Any]:
-        return {"prompt_tokens": req.prompt_tokens, "total_tokens": req.prompt_tokens + req.produced,
-                "completion_tokens": req.produced, "prompt_tokens_details": None}  # fmt: skip
+    def _usage(self, req: SimRequest, stream: bool = False) -> dict[str, Any]:
+        usage: dict[str, Any] = {"prompt_tokens": req.prompt_tokens, "completion_tokens": req.produced,
+                                 "total_tokens": req.prompt_tokens + req.produced}  # fmt: skip
+        if not stream:
+            usage |= {"prompt_tokens_details": None, "completion_tokens_details": None}
+        return usage
+
+    @staticmethod
+    def _per_request_metrics(req: SimRequest) -> dict[str, float]:
+        """What vLLM adds with `--enable-per-request-metrics` (the profiles turn it on)."""
+        gen = (req.finished_at - req.first_token_at) * 1000
+        return {"time_to_first_token_ms": (req.first_token_at - req.arrival) * 1000,
+                "generation_time_ms": gen,
+                "queue_time_ms": (req.admitted_at - req.arrival) * 1000,
+                "mean_itl_ms": gen / (req.produced - 1) if req.produced > 1 else 0.0,
+                "tokens_per_second": 1000 * req.produced / gen if gen else 0.0}  # fmt: skip
 
     def _whole(self, req: SimRequest, chat: bool) -> web.Response:
         if req.cancelled:
             raise SimError(500, "request aborted: it needs more KV cache than the engine has")
-        rid, created, text = os.urandom(16).hex(), int(time.time()), _text(0, req.produced)
+        rid, created, text = os.urandom(8).hex(), int(time.time()), _text(0, req.produced)
         choice: dict[str, Any]
         if chat:
-            message = {"role": "assistant", "content": text, "refusal": None, "annotations": None,
+            message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None, "annotations": None,
                        "audio": None, "function_call": None, "tool_calls": [], "reasoning_content": None}  # fmt: skip
             choice = {"index": 0, "message": message, "logprobs": None,
                       "finish_reason": req.finish_reason, "stop_reason": None}  # fmt: skip
@@ -312,8 +325,9 @@ class Simulator:
                       "stop_reason": None, "prompt_logprobs": None}  # fmt: skip
             obj, prefix = "text_completion", "cmpl-"
         out = {"id": prefix + rid, "object": obj, "created": created, "model": self.config.model,
-               "choices": [choice], "service_tier": None, "system_fingerprint": None,
-               "usage": self._usage(req), "prompt_logprobs": None, "kv_transfer_params": None}  # fmt: skip
+               "choices": [choice], "service_tier": None, "system_fingerprint": _FINGERPRINT,
+               "usage": self._usage(req), "prompt_logprobs": None, "kv_transfer_params": None,
+               "metrics": self._per_request_metrics(req)}  # fmt: skip
         return web.Response(body=orjson.dumps(out), content_type="application/json")
 
     async def _stream(
@@ -321,7 +335,7 @@ class Simulator:
     ) -> web.StreamResponse:
         resp = web.StreamResponse(headers=_SSE_HEADERS)
         await resp.prepare(request)
-        rid, created, model = os.urandom(16).hex(), int(time.time()), orjson.dumps(self.config.model)
+        rid, created, model = os.urandom(8).hex(), int(time.time()), orjson.dumps(self.config.model)
         obj = b"chat.completion.chunk" if chat else b"text_completion"
         head = (b'data: {"id":"' + (b"chatcmpl-" if chat else b"cmpl-") + rid.encode() + b'","object":"'
                 + obj + b'","created":' + str(created).encode() + b',"model":' + model + b',"choices":')  # fmt: skip
@@ -329,6 +343,7 @@ class Simulator:
             open_, close = b'[{"index":0,"delta":{"content":', b'},"logprobs":null,"finish_reason":'
         else:
             open_, close = b'[{"index":0,"text":', b',"logprobs":null,"finish_reason":'
+        end = b',"token_ids":null}]}\n\n'
         sent = 0
         while True:
             await self._wait(req, sent)
@@ -337,14 +352,17 @@ class Simulator:
             out = []
             if chat and sent == 0:
                 out.append(head + b'[{"index":0,"delta":{"role":"assistant","content":""},'
-                           b'"logprobs":null,"finish_reason":null}]}\n\n')  # fmt: skip
+                           b'"logprobs":null,"finish_reason":null}],"prompt_token_ids":null,'
+                           b'"prompt_text":null}\n\n')  # fmt: skip
             done = req.finished
-            tail = b'"' + req.finish_reason.encode() + b'","stop_reason":null}]}\n\n' if done else b"null}]}\n\n"
+            tail = b'"' + req.finish_reason.encode() + b'","stop_reason":null' + end if done else b"null" + end
             out.append(head + open_ + orjson.dumps(_text(sent, req.produced)) + close + tail)
             sent = req.produced
             if done:
                 if include_usage:
-                    out.append(head + b"[],\"usage\":" + orjson.dumps(self._usage(req)) + b"}\n\n")
+                    extra = {"usage": self._usage(req, stream=True), "system_fingerprint": _FINGERPRINT,
+                             "metrics": self._per_request_metrics(req)}  # fmt: skip
+                    out.append(head + b"[]," + orjson.dumps(extra)[1:] + b"\n\n")
                 out.append(b"data: [DONE]\n\n")
             await resp.write(b"".join(out))
             if done:

@@ -88,9 +88,9 @@ class SimRequest:
         "first_token_at",
         "id",
         "last_token_at",
+        "produced",
         "prompt_tokens",
         "target_tokens",
-        "produced",
         "waiter",
     )
 

@@ -69,7 +69,7 @@ def create_app(
         tracer_provider=provider,
         tracer=provider.get_tracer("gpuledger.sidecar"),
         default_engine=EnginePolicy(name=settings.upstream_name, url=settings.upstream_url),
-        guards=guards if guards is not None else build_guards(settings, store, registry),
+        guards=guards if guards is not None else build_guards(settings, store, registry, usage_sink),
     )
 
     @contextlib.asynccontextmanager

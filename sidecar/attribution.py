@@ -22,6 +22,12 @@ prefilling until it ends. So the prefill also ends at a deadline: admission time
 first tokens of streamed requests (a ratio of moving averages of time-to-first-token and uncached
 prompt tokens) or given. Deadlines sit in a heap: O(log n) per request.
 
+Queue time: vLLM serves at most ``max_num_seqs`` sequences and queues the rest, which the sidecar
+cannot see. Given ``max_num_seqs``, the clock models vLLM's first-come-first-served queue: beyond
+that many in service, admitted requests wait (weight 0, not charged) in a FIFO and enter service
+as others finish, or at once when a token shows they are being served. Without it, a request is
+in service from admission (queue time is then charged, though the total still adds up).
+
 Pure module: no I/O, no asyncio; the caller supplies the events and (for tests) the clock.
 """
 
@@ -37,7 +43,7 @@ from collections.abc import Callable, Iterable, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-__all__ = ["AttributionMetrics", "EngineClock"]
+__all__ = ["DEFAULT_PREFILL_COST_FACTOR", "AttributionMetrics", "EngineClock"]
 
 # Re-base virtual time once it passes this; keeps dV well above V's rounding step (V grows at
 # most one unit per wall second because every weight is >= 1).
@@ -46,6 +52,11 @@ _REBASE_AT = float(2**20)
 # nearly always end their prefill by their real first token, not by the estimate.
 PREFILL_SLACK = 1.5
 _EWMA = 0.05  # weight of a new time-to-first-token sample
+# Used until an engine is calibrated (`gpuledger calibrate`). Measured: 0.035-0.13 on the CPU
+# engine here (load-dependent), about 0.02 for an 8B model on one H100 (28 ms TTFT for a
+# 210-token prompt vs 6.1 ms per decode token, shared/notes/vllm-gpu.md). 1.0 would let a long
+# prompt take nearly all of the engine's time until its first token.
+DEFAULT_PREFILL_COST_FACTOR = 0.05
 
 
 class _Flight:
@@ -80,7 +91,7 @@ class EngineClock:
         self,
         engine: str,
         gpus: int = 1,
-        prefill_cost_factor: float = 1.0,
+        prefill_cost_factor: float = DEFAULT_PREFILL_COST_FACTOR,
         clock: Callable[[], float] = time.monotonic,
         prefill_seconds_per_token: float | None = None,
         max_num_seqs: int | None = None,
@@ -302,7 +313,9 @@ class EngineClock:
     @property
     def in_flight_accrued_gpu_seconds(self) -> float:
         """Sum of the in-flight requests' charges so far. O(n): for scrapes, not the hot path."""
-        return sum(_finite_nonneg(self._accrued_now(f)) for f in self._flights.values()) * self.gpus
+        # list(): one C-level copy, safe even if a scrape runs on another thread than the events.
+        flights = list(self._flights.values())
+        return sum(_finite_nonneg(self._accrued_now(f)) for f in flights) * self.gpus
 
     @property
     def drift_ratio(self) -> float:
@@ -350,7 +363,7 @@ class _Collector(Collector):
             "Requests the attribution clock sees in service",
             labels=["engine"],
         )
-        for name, (clock, hourly) in self.clocks.items():
+        for name, (clock, hourly) in list(self.clocks.items()):
             busy.add_metric([name], clock.busy_gpu_seconds)
             attributed.add_metric([name], clock.attributed_gpu_seconds)
             idle.add_metric([name], clock.idle_gpu_seconds)

@@ -37,8 +37,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from gpuledger.contracts import BudgetState, LeaseGrant, LeaseRequest, UsageRecord
 from sidecar.errors import RateLimited
-from sidecar.hooks import RequestContext
+from sidecar.hooks import Admission, RequestContext
 from sidecar.policy import Policy, PolicyStore
+from sidecar.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +60,15 @@ class FeatureBudget:
         "max_estimate",
         "period_end",
         "rate",
+        "renewed",
         "renewing",
         "reserved",
+        "samples",
         "settled_total",
         "short",
         "spent",
         "unreported",
+        "waiting",
         "warned",
     )
 
@@ -80,6 +84,9 @@ class FeatureBudget:
         self.unreported = 0.0  # settled since the last lease call
         self.settled_total = 0.0
         self.rate = prior_rate  # GPU-seconds per token
+        self.samples = 0
+        self.waiting = 0.0  # estimates of requests waiting for a renewal
+        self.renewed = asyncio.Event()  # set (and replaced) after each lease call
         self.burn = 0.0  # GPU-seconds per second, smoothed
         self.max_estimate = 0.0
         self.last_ok = now  # last successful lease call (or when the budget appeared)
@@ -92,6 +99,29 @@ class FeatureBudget:
     @property
     def available(self) -> float:
         return self.granted - self.spent - self.reserved
+
+
+class RateLearner:
+    """Learns GPU-seconds per token from every completed request, budgeted or not. It is the
+    admission returned for features without a budget (one shared object: nothing to release)."""
+
+    __slots__ = ("rate",)
+
+    def __init__(self, prior_rate: float) -> None:
+        self.rate = prior_rate
+
+    def observe(self, record: UsageRecord) -> float | None:
+        tokens = record.input_tokens + record.output_tokens
+        if tokens <= 0 or record.gpu_seconds <= 0:
+            return None
+        observed = record.gpu_seconds / tokens
+        # Rise fast, fall slowly: under-estimates are what overshoot a budget.
+        self.rate += (0.5 if observed > self.rate else 0.05) * (observed - self.rate)
+        return observed
+
+    async def settle(self, record: UsageRecord | None) -> None:
+        if record is not None:
+            self.observe(record)
 
 
 class BudgetAdmission:
@@ -124,6 +154,7 @@ class BudgetGuard:
         min_request_gpu_s: float = 1.0,
         tick_s: float = 0.25,
         min_call_interval_s: float = 0.1,
+        lease_wait_s: float = 1.0,
         report_interval_s: float = 5.0,
         request_timeout_s: float = 5.0,
         registry: CollectorRegistry | None = None,
@@ -140,6 +171,8 @@ class BudgetGuard:
         self.min_request_gpu_s = min_request_gpu_s
         self.tick_s = tick_s
         self.min_call_interval_s = min_call_interval_s
+        self.lease_wait_s = lease_wait_s
+        self._learner = RateLearner(prior_gpu_seconds_per_token)
         self.report_interval_s = report_interval_s
         self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
         self.features: dict[str, FeatureBudget] = {}
@@ -169,40 +202,68 @@ class BudgetGuard:
 
     # --- hot path -------------------------------------------------------------------------------
 
-    async def admit(self, ctx: RequestContext) -> BudgetAdmission | None:
+    async def admit(self, ctx: RequestContext) -> Admission:
         if self.store.current is not self._seen:
             self._refresh(time.time())
         st = self.features.get(ctx.feature.name)
         if st is None:
-            return None  # no budget for this feature
-        now = time.time()
-        estimate = (ctx.prompt_tokens_estimate + ctx.max_output_tokens) * st.rate * self.safety
+            return self._learner  # no budget: only learn the GPU cost per token
+        tokens = ctx.prompt_tokens_estimate + ctx.max_output_tokens
+        # A feature without history borrows the cost learned from all traffic (never below
+        # the prior), so a new budget starts from what this engine really costs.
+        rate = st.rate if st.samples >= 5 else max(st.rate, self._learner.rate)
+        estimate = tokens * rate * self.safety
         if estimate > st.max_estimate:
             st.max_estimate = estimate
-        if st.exhausted and now < st.period_end:
-            self._kick.set()  # the control plane may have raised the limit
-            return self._over(ctx, st, estimate, now, "exhausted")
-        if now < st.lease_expires and now < st.period_end and st.available >= estimate:
+        now = time.time()
+        covered = now < st.lease_expires and now < st.period_end and st.available >= estimate
+        if covered and not st.exhausted:
             st.reserved += estimate
-            return BudgetAdmission(self, st, estimate)
-        self._kick.set()
-        never_answered = st.lease_expires == 0.0 and now - st.last_ok > 2.0
-        if st.failing or never_answered:
-            # No cover, and the control plane can't be asked (or never answered).
-            if self.fail_mode == "open" and now - st.last_ok <= self.staleness_s:
-                self._m_fail_open.labels(st.feature).inc()
-                if not st.warned:
-                    st.warned = True
-                    log.warning(
-                        "budget %s: control plane unreachable, admitting without lease cover "
-                        "(fail-open for up to %.0fs)",
-                        st.feature,
-                        self.staleness_s,
-                    )
+            return BudgetAdmission(self, st, estimate)  # the hot path ends here
+        return await self._slow_admit(ctx, st, estimate, now)
+
+    async def _slow_admit(
+        self, ctx: RequestContext, st: FeatureBudget, estimate: float, now: float
+    ) -> BudgetAdmission:
+        """No cover in the lease: wait briefly for a renewal, fail open, or refuse."""
+        deadline = now + self.lease_wait_s
+        while True:
+            self._kick.set()
+            if st.exhausted and now < st.period_end:
+                return self._over(ctx, st, estimate, now, "exhausted")
+            if now < st.lease_expires and now < st.period_end and st.available >= estimate:
                 st.reserved += estimate
                 return BudgetAdmission(self, st, estimate)
-            return self._over(ctx, st, estimate, now, "unreachable")
-        return self._over(ctx, st, estimate, now, "lease")
+            never_answered = st.lease_expires == 0.0 and now - st.last_ok > 2.0
+            if st.failing or never_answered:
+                # No cover, and the control plane can't be asked (or never answered).
+                if self.fail_mode == "open" and now - st.last_ok <= self.staleness_s:
+                    self._m_fail_open.labels(st.feature).inc()
+                    if not st.warned:
+                        st.warned = True
+                        log.warning(
+                            "budget %s: control plane unreachable, admitting without lease "
+                            "cover (fail-open for up to %.0fs)",
+                            st.feature,
+                            self.staleness_s,
+                        )
+                    st.reserved += estimate
+                    return BudgetAdmission(self, st, estimate)
+                return self._over(ctx, st, estimate, now, "unreachable")
+            if now >= deadline:
+                return self._over(ctx, st, estimate, now, "lease")
+            # A burst outran the lease: the background renewal asks for this demand too (no
+            # network call here; this request only waits for the renewal, briefly).
+            st.waiting += estimate
+            renewed = st.renewed
+            try:
+                async with asyncio.timeout(deadline - now):
+                    await renewed.wait()
+            except TimeoutError:
+                pass
+            finally:
+                st.waiting -= estimate
+            now = time.time()
 
     def _over(
         self, ctx: RequestContext, st: FeatureBudget, estimate: float, now: float, why: str
@@ -233,11 +294,10 @@ class BudgetGuard:
         st.spent += charge
         st.unreported += charge
         st.settled_total += charge
-        tokens = record.input_tokens + record.output_tokens
-        if tokens > 0 and charge > 0:
-            observed = charge / tokens
-            # Rise fast, fall slowly: under-estimates are what overshoot a budget.
-            alpha = 0.5 if observed > st.rate else 0.05
+        observed = self._learner.observe(record)
+        if observed is not None:
+            st.samples += 1
+            alpha = 0.5 if observed > st.rate else 0.05  # same asymmetry as RateLearner
             st.rate += alpha * (observed - st.rate)
         if st.available < st.max_estimate:
             self._kick.set()
@@ -268,8 +328,17 @@ class BudgetGuard:
         self._session = aiohttp.ClientSession(timeout=self._timeout)
         self._refresh(time.time())
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.renew_due(), 3.0)
+            async with asyncio.timeout(3.0):
+                await self.renew_due()
         self._task = asyncio.create_task(self._run(), name="gpuledger-budget-leases")
+
+    async def serve(self) -> None:
+        """Background task form (sidecar/wiring.py): start, renew until cancelled, release."""
+        await self.start()
+        try:
+            await asyncio.Future()  # until the app's lifespan cancels it
+        finally:
+            await self.close()
 
     async def close(self) -> None:
         if self._task is not None:
@@ -281,16 +350,18 @@ class BudgetGuard:
             # Hand leases back and report the last charges, so others can use what is left.
             held = [st for st in self.features.values() if st.lease_expires or st.unreported]
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    asyncio.gather(*(self._call(st, release=True) for st in held)), 2.0
-                )
+                async with asyncio.timeout(2.0):
+                    await asyncio.gather(*(self._call(st, release=True) for st in held))
             await self._session.close()
             self._session = None
 
     async def _run(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that lands
+            # as the event fires, and close() would then wait for the next tick.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), self.tick_s)
+                async with asyncio.timeout(self.tick_s):
+                    await self._kick.wait()
             self._kick.clear()
             try:
                 await self.renew_due()
@@ -340,7 +411,7 @@ class BudgetGuard:
             headroom = max(
                 self.min_request_gpu_s, st.burn * self.lease_horizon_s, 4 * st.max_estimate
             )
-            wanted = st.reserved + headroom
+            wanted = st.reserved + st.waiting + headroom
         body = LeaseRequest(
             sidecar_id=self.sidecar_id,
             feature=st.feature,
@@ -363,6 +434,8 @@ class BudgetGuard:
             return
         finally:
             st.renewing = False
+            woken, st.renewed = st.renewed, asyncio.Event()
+            woken.set()  # waiters re-check, whatever the outcome
         done = time.time()
         if st.last_ok < done and report:
             elapsed = max(done - st.last_ok, 1e-3)
@@ -379,3 +452,21 @@ class BudgetGuard:
         st.period_end = grant.period_end.timestamp()
         st.exhausted = grant.exhausted
         st.hard_action = grant.hard_action
+
+
+def build_budget_guard(
+    settings: Settings, store: PolicyStore, registry: CollectorRegistry
+) -> BudgetGuard | None:
+    """Budget leases need the control plane; standalone sidecars enforce no budget."""
+    if not (settings.control_plane_url and settings.control_plane_token):
+        return None
+    return BudgetGuard(
+        store,
+        sidecar_id=settings.sidecar_id,
+        control_plane_url=settings.control_plane_url,
+        token=settings.control_plane_token,
+        fail_mode=settings.budget_fail_mode,
+        staleness_s=settings.budget_staleness_s,
+        prior_gpu_seconds_per_token=settings.budget_prior_gpu_seconds_per_token,
+        registry=registry,
+    )

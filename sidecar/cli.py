@@ -56,6 +56,9 @@ def _run(args: argparse.Namespace) -> int:
         http="httptools",
         log_level=args.log_level,
         access_log=False,  # one log line per request would cost more than the relay itself
+        # Longer than load balancers' idle timeouts (60 s on AWS ALB): the server must not close
+        # a pooled connection just as a client reuses it.
+        timeout_keep_alive=75,
         timeout_graceful_shutdown=10,
     )
     return 0

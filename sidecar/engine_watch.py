@@ -148,7 +148,8 @@ def quantile(q: float, newer: Histogram, older: Histogram | None) -> float | Non
 
 
 class EngineWatch:
-    """Rolling per-engine view of vLLM's metrics. `ingest` is the seam tests and scrapers share."""
+    """Rolling per-engine view of vLLM's metrics. `ingest` (text) and `record` (a parsed sample)
+    are the seams the scraper and tests share."""
 
     def __init__(
         self,
@@ -288,7 +289,9 @@ class EngineWatch:
             return None
         return s
 
-    def sustained(self, engine: str, predicate: Callable[[EngineSample], bool], for_s: float) -> bool:
+    def sustained(
+        self, engine: str, predicate: Callable[[EngineSample], bool], for_s: float
+    ) -> bool:
         """True when every live sample of the last `for_s` seconds satisfies `predicate` and the
         run of satisfying samples spans at least `for_s` (so one spike is not "sustained")."""
         if self.fresh(engine) is None:
@@ -332,15 +335,39 @@ class _EngineCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         lab = ["engine"]
-        up = GaugeMetricFamily("gpuledger_engine_up", "1 if the last scrape of the engine's /metrics succeeded", labels=lab)
-        kv = GaugeMetricFamily("gpuledger_engine_kv_cache_usage_ratio", "KV-cache usage, 0-1 (vllm:kv_cache_usage_perc)", labels=lab)
-        run = GaugeMetricFamily("gpuledger_engine_requests_running", "Requests in the engine's running batch", labels=lab)
-        wait = GaugeMetricFamily("gpuledger_engine_requests_waiting", "Requests queued in the engine", labels=lab)
-        pq = CounterMetricFamily("gpuledger_engine_prefix_cache_queries", "Prefix-cache token queries (vLLM)", labels=lab)
-        ph = CounterMetricFamily("gpuledger_engine_prefix_cache_hits", "Prefix-cache token hits (vLLM)", labels=lab)
-        pre = CounterMetricFamily("gpuledger_engine_preemptions", "Requests preempted by the engine", labels=lab)
+        up = GaugeMetricFamily(
+            "gpuledger_engine_up",
+            "1 if the last scrape of the engine's /metrics succeeded",
+            labels=lab,
+        )
+        kv = GaugeMetricFamily(
+            "gpuledger_engine_kv_cache_usage_ratio",
+            "KV-cache usage, 0-1 (vllm:kv_cache_usage_perc)",
+            labels=lab,
+        )
+        run = GaugeMetricFamily(
+            "gpuledger_engine_requests_running",
+            "Requests in the engine's running batch",
+            labels=lab,
+        )
+        wait = GaugeMetricFamily(
+            "gpuledger_engine_requests_waiting", "Requests queued in the engine", labels=lab
+        )
+        pq = CounterMetricFamily(
+            "gpuledger_engine_prefix_cache_queries", "Prefix-cache token queries (vLLM)", labels=lab
+        )
+        ph = CounterMetricFamily(
+            "gpuledger_engine_prefix_cache_hits", "Prefix-cache token hits (vLLM)", labels=lab
+        )
+        pre = CounterMetricFamily(
+            "gpuledger_engine_preemptions", "Requests preempted by the engine", labels=lab
+        )
         hists: dict[str, HistogramMetricFamily] = {
-            short: HistogramMetricFamily(f"gpuledger_engine_{short}_seconds", f"Engine-side {short} latency (re-exported from vLLM)", labels=lab)
+            short: HistogramMetricFamily(
+                f"gpuledger_engine_{short}_seconds",
+                f"Engine-side {short} latency (re-exported from vLLM)",
+                labels=lab,
+            )
             for short in ("ttft", "inter_token_latency", "e2e")
         }
         for name, s in self._watch.samples():

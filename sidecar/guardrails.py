@@ -5,18 +5,22 @@
   (400 `max_tokens_exceeded`) or clamped (`x-gpuledger-clamped: max_tokens`), per feature. When the
   client sends no limit, chat gets the feature's `default_max_tokens` (vLLM's own chat default is
   "the rest of the context", i.e. unbounded). Completions keep OpenAI's and vLLM's default of 16
-  (capped), so an unchanged completions client sees the same output through the sidecar.
+  (capped), so an unchanged completions client sees the same output through the sidecar. The
+  same cap guards vLLM's other generating APIs (`/v1/responses`: `max_output_tokens`,
+  `/v1/messages`: `max_tokens`); `/v1/chat/completions/batch` is refused (many requests, one cap).
 * Prompt cap (`max_prompt_tokens`). The raw JSON body's byte count is an upper bound of the
   prompt's token count for byte-level BPE tokenizers (one token covers at least one byte, and the
   JSON syntax around each message is longer than the chat template's special tokens). Only when
   that bound exceeds the cap does the sidecar ask the engine (`POST /tokenize`) for the exact
   count, so the common case costs nothing and the rare long prompt costs one local call.
+  (`/v1/responses` and `/v1/messages` fall back to ~4 bytes per token above the byte bound.)
 * Body size: see `proxy.read_body` (413 on Content-Length and while reading).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -40,11 +44,40 @@ def _count(body: dict[str, Any], field: str) -> int | None:
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """An inference endpoint the sidecar guards: where its output limit lives in the body."""
+
+    op: str  # GenAI operation name, used in span names
+    limit_fields: tuple[str, ...]  # every field that bounds output; all are capped
+    inject: str  # the field set when the client sent none
+    openai_default_16: bool = False  # /v1/completions: OpenAI's default of 16 tokens
+    stream_usage_option: bool = False  # understands stream_options.include_usage
+    prompt_kind: str = "other"  # "chat" / "completion": how /tokenize can count the prompt
+
+
+ENDPOINTS: dict[str, Endpoint] = {
+    "/v1/chat/completions": Endpoint(
+        "chat", ("max_completion_tokens", "max_tokens"), "max_tokens",
+        stream_usage_option=True, prompt_kind="chat",
+    ),
+    "/v1/completions": Endpoint(
+        "text_completion", ("max_tokens",), "max_tokens",
+        openai_default_16=True, stream_usage_option=True, prompt_kind="completion",
+    ),
+    "/v1/responses": Endpoint("responses", ("max_output_tokens",), "max_output_tokens"),
+    "/v1/messages": Endpoint("messages", ("max_tokens",), "max_tokens"),
+}  # fmt: skip
+
+# Endpoints that would carry many requests past the per-request guardrails in one call.
+BLOCKED_PATHS = frozenset({"/v1/chat/completions/batch"})
+
+
 def apply_output_cap(
     body: dict[str, Any],
     feature: FeaturePolicy,
+    endpoint: Endpoint,
     *,
-    chat: bool,
     actions: list[str],
     response_headers: dict[str, str],
 ) -> int:
@@ -57,12 +90,16 @@ def apply_output_cap(
             code="max_tokens_exceeded",
             param="n",
         )
-    fields = [f for f in ("max_completion_tokens", "max_tokens") if body.get(f) is not None]
+    fields = [f for f in endpoint.limit_fields if body.get(f) is not None]
     if not fields:
-        default = feature.default_max_tokens if chat else COMPLETIONS_DEFAULT_MAX_TOKENS
-        body["max_tokens"] = min(default, per_choice_cap)
+        default = (
+            COMPLETIONS_DEFAULT_MAX_TOKENS
+            if endpoint.openai_default_16
+            else feature.default_max_tokens
+        )
+        body[endpoint.inject] = min(default, per_choice_cap)
         actions.append("default_max_tokens")
-        return int(body["max_tokens"]) * fanout
+        return int(body[endpoint.inject]) * fanout
     for field in fields:
         value = _count(body, field)
         assert value is not None
@@ -83,9 +120,8 @@ def apply_output_cap(
         if "clamped:max_tokens" not in actions:
             actions.append("clamped:max_tokens")
         response_headers[CLAMP_HEADER] = "max_tokens"
-    # vLLM uses max_completion_tokens when both are set.
-    effective = body.get("max_completion_tokens") or body["max_tokens"]
-    return int(effective) * fanout
+    # vLLM uses the first field present (max_completion_tokens over max_tokens).
+    return int(body[fields[0]]) * fanout
 
 
 def estimate_prompt_tokens(raw_body: bytes) -> int:
@@ -99,20 +135,22 @@ async def check_prompt_cap(
     body: dict[str, Any],
     raw_body: bytes,
     feature: FeaturePolicy,
-    *,
-    chat: bool,
+    endpoint: Endpoint,
 ) -> int | None:
     """Enforce `max_prompt_tokens`. Returns the exact prompt token count when it was needed."""
     cap = feature.max_prompt_tokens
     if cap is None or len(raw_body) <= cap:
         return None  # the byte count bounds the token count: certainly under the cap
-    exact = await _tokenize(session, engine_url, body, chat=chat)
+    chat = endpoint.prompt_kind == "chat"
+    exact = None
+    if endpoint.prompt_kind != "other":  # other APIs: the ~4 bytes/token estimate decides
+        exact = await _tokenize(session, engine_url, body, chat=chat)
     count = exact if exact is not None else estimate_prompt_tokens(raw_body)
     if count > cap:
         raise GuardrailRejection(
             f"The prompt has {count} tokens; feature {feature.name!r} allows {cap}.",
             code="prompt_too_long",
-            param="messages" if chat else "prompt",
+            param={"chat": "messages", "completion": "prompt"}.get(endpoint.prompt_kind, "input"),
         )
     return exact
 

@@ -47,9 +47,10 @@ class Outcome:
 
     def take_usage(self, usage: dict[str, Any]) -> None:
         """Tokens exactly as vLLM reported them (OpenAI `usage` shape)."""
-        self.input_tokens = int(usage.get("prompt_tokens") or 0)
-        self.output_tokens = int(usage.get("completion_tokens") or 0)
-        details = usage.get("prompt_tokens_details")
+        # Chat/completions name them prompt/completion; the Responses and Messages APIs input/output.
+        self.input_tokens = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
+        self.output_tokens = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
+        details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
         if isinstance(details, dict):
             self.cached_input_tokens = int(details.get("cached_tokens") or 0)
 

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from gpuledger.contracts import PolicySnapshot
 from sidecar.policy import PolicyStore
+from sidecar.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,14 @@ class PolicySync:
         await self.sync_once()
         self._task = asyncio.create_task(self._run(), name="gpuledger-policy-sync")
 
+    async def serve(self) -> None:
+        """Background task form (sidecar/wiring.py): start, run until cancelled, close."""
+        await self.start()
+        try:
+            await asyncio.Future()  # until the app's lifespan cancels it
+        finally:
+            await self.close()
+
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -137,3 +146,20 @@ class PolicySync:
             )
             self._failing = True
         return False
+
+
+def build_policy_sync(
+    settings: Settings, store: PolicyStore, registry: CollectorRegistry
+) -> PolicySync | None:
+    """Sync from the control plane when it is configured and no standalone policy file is."""
+    if settings.policy_file is not None or not (
+        settings.control_plane_url and settings.control_plane_token
+    ):
+        return None
+    return PolicySync(
+        store,
+        control_plane_url=settings.control_plane_url,
+        token=settings.control_plane_token,
+        interval_s=settings.policy_sync_interval_s,
+        registry=registry,
+    )

@@ -168,14 +168,16 @@ def prompt_head(body: Mapping[str, Any], limit: int = 256) -> bytes:
         content = first.get("content") if isinstance(first, dict) else None
         if isinstance(content, list):  # content parts: the text ones, in order
             content = "".join(
-                p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
+                p.get("text", "")
+                for p in content
+                if isinstance(p, dict) and p.get("type") == "text"
             )
         role = first.get("role", "") if isinstance(first, dict) else ""
         # Slice characters before encoding: a long prompt is never copied whole.
         return f"{role}\x00{(content or '')[:limit]}".encode()[:limit]
     prompt = body.get("prompt")
-    if isinstance(prompt, list) and prompt:
-        prompt = prompt[0]
+    if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+        prompt = prompt[0]  # a batch: its first prompt
     if isinstance(prompt, str):
         return prompt[:limit].encode()[:limit]
     if isinstance(prompt, list):  # token ids

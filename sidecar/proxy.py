@@ -13,8 +13,8 @@ for them, and a flood of bad keys must not flood the usage ledger.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,125 +22,47 @@ import aiohttp
 import orjson
 from opentelemetry.trace import Span, SpanKind
 
-from gpuledger.contracts import EnginePolicy, KeyPolicy
+from gpuledger.contracts import EnginePolicy, KeyPolicy, UsageRecord
+from sidecar.asgi import (
+    JSON,
+    REQUEST_ID,
+    ClientGone,
+    DisconnectWatch,
+    Receive,
+    Scope,
+    Send,
+    encode_headers,
+    fanout_of,
+    header,
+    model_of,
+    parse_object,
+    read_body,
+    send_bytes,
+    send_error,
+)
 from sidecar.auth import authenticate, check_model, model_allowed, resolve_feature
 from sidecar.deps import Components
 from sidecar.errors import (
     InvalidRequest,
-    PayloadTooLarge,
     SidecarError,
     UpstreamUnavailable,
 )
-from sidecar.guardrails import apply_output_cap, check_prompt_cap, estimate_prompt_tokens
+from sidecar.guardrails import (
+    BLOCKED_PATHS,
+    ENDPOINTS,
+    Endpoint,
+    apply_output_cap,
+    check_prompt_cap,
+    estimate_prompt_tokens,
+)
 from sidecar.hooks import Admission, RequestContext
 from sidecar.metering import Outcome, new_request_id
+from sidecar.prefix_advisor import prompt_head
+from sidecar.shedding import soft_guardrails
 from sidecar.streaming import SseScanner
 from sidecar.tracing import inject_headers, parent_context
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
-_JSON = b"application/json"
-_REQUEST_ID = "x-gpuledger-request-id"
-
-
-class ClientGone(Exception):
-    """The client disconnected before its request was read."""
-
-
-class _Watch:
-    """Notices a client disconnect while the response is in flight, and aborts the upstream call
-    (closing the aiohttp response closes its connection; vLLM then aborts the request)."""
-
-    __slots__ = ("finished", "gone", "resp")
-
-    def __init__(self) -> None:
-        self.gone = False
-        self.finished = False
-        self.resp: aiohttp.ClientResponse | None = None
-
-    def __call__(self, task: asyncio.Future[Message]) -> None:
-        if task.cancelled() or task.exception() is not None or self.finished:
-            return
-        if task.result().get("type") == "http.disconnect":
-            self.gone = True
-            if self.resp is not None:
-                self.resp.close()
-
-
-def _header(headers: dict[bytes, bytes], name: bytes) -> str | None:
-    value = headers.get(name)
-    return value.decode("latin-1") if value is not None else None
-
-
-def _encode(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
-    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-
-
-async def send_bytes(
-    send: Send, status: int, body: bytes, content_type: bytes, headers: dict[str, str]
-) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", content_type),
-                (b"content-length", str(len(body)).encode()),
-                *_encode(headers),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-async def send_error(send: Send, exc: SidecarError, headers: dict[str, str]) -> None:
-    await send_bytes(send, exc.status, exc.body(), _JSON, {**headers, **exc.headers})
-
-
-async def read_body(receive: Receive, limit: int, content_length: str | None) -> bytes:
-    """The whole request body; 413 as soon as it is known to exceed `limit`."""
-    too_large = PayloadTooLarge(f"The request body exceeds {limit} bytes.")
-    if content_length is not None and content_length.isdigit() and int(content_length) > limit:
-        raise too_large
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def _parse(raw: bytes) -> dict[str, Any]:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise InvalidRequest("The request body is not valid JSON.") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    return body
-
-
-def _model_of(body: dict[str, Any]) -> str:
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("`model` is required.", param="model")
-    return model
-
-
-def _fanout(body: dict[str, Any]) -> int:
-    n, best_of = body.get("n"), body.get("best_of")
-    return max(n if isinstance(n, int) else 1, best_of if isinstance(best_of, int) else 1, 1)
-
+log = logging.getLogger(__name__)
 
 class Proxy:
     """ASGI app mounted on `/v1/{path}`."""
@@ -150,30 +72,30 @@ class Proxy:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = scope["path"], scope["method"]
-        if method == "POST" and path == "/v1/chat/completions":
-            await self._request(scope, receive, send, op="chat")
-        elif method == "POST" and path == "/v1/completions":
-            await self._request(scope, receive, send, op="text_completion")
-        elif method == "GET" and path == "/v1/models":
+        if method == "GET" and path == "/v1/models":
             await self._models(scope, send)
         else:
-            await self._request(scope, receive, send, op="other")
+            endpoint = ENDPOINTS.get(path) if method == "POST" else None
+            await self._request(scope, receive, send, endpoint)
 
     def _authenticate(self, headers: dict[bytes, bytes]) -> KeyPolicy:
         if not self.c.policy_store.loaded:
             raise UpstreamUnavailable("No policy is loaded yet.", code="policy_unavailable")
-        return authenticate(self.c.policy_store.current, _header(headers, b"authorization"))
+        return authenticate(self.c.policy_store.current, header(headers, b"authorization"))
 
     def _unauthenticated(self, exc: SidecarError) -> None:
         self.c.metrics.requests.labels("other", "other", f"rejected:{exc.code}").inc()
 
-    async def _request(self, scope: Scope, receive: Receive, send: Send, *, op: str) -> None:
+    async def _request(
+        self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint | None
+    ) -> None:
         c = self.c
+        op = endpoint.op if endpoint is not None else "other"
         t0 = time.monotonic()
         started_at = datetime.now(UTC)
         request_id = new_request_id()
         headers = dict(scope["headers"])
-        extra: dict[str, str] = {_REQUEST_ID: request_id}
+        extra: dict[str, str] = {REQUEST_ID: request_id}
         try:
             key = self._authenticate(headers)
         except SidecarError as exc:
@@ -186,30 +108,34 @@ class Proxy:
         outcome = Outcome()
         admissions: list[Admission] = []
         try:
-            feature = resolve_feature(policy, key, _header(headers, b"x-feature"))
+            feature = resolve_feature(policy, key, header(headers, b"x-feature"))
             feature_name = feature.name
+            if scope["path"] in BLOCKED_PATHS:
+                raise InvalidRequest(
+                    f"{scope['path']} is not available through the sidecar.",
+                    code="unsupported_endpoint",
+                    status=404,
+                )
             raw = await read_body(
-                receive, c.settings.max_body_bytes, _header(headers, b"content-length")
+                receive, c.settings.max_body_bytes, header(headers, b"content-length")
             )
-            inference = op != "other"
-            if inference or raw[:1] == b"{":
-                body = _parse(raw)
-                model = _model_of(body) if inference else str(body.get("model") or "unknown")
+            if endpoint is not None or raw[:1] == b"{":
+                body = parse_object(raw)
+                model = model_of(body) if endpoint else str(body.get("model") or "unknown")
             else:
                 body = {}
             if model != "unknown":
                 check_model(key, model)
             engine = c.engine_for(model)
             max_out, prompt_est, drop_usage = 0, estimate_prompt_tokens(raw), False
-            stream = inference and body.get("stream") is True
-            if inference:
-                chat = op == "chat"
+            stream = body.get("stream") is True
+            if endpoint is not None:
                 max_out = apply_output_cap(
-                    body, feature, chat=chat, actions=actions, response_headers=extra
+                    body, feature, endpoint, actions=actions, response_headers=extra
                 )
-                exact = await check_prompt_cap(c.http(), engine.url, body, raw, feature, chat=chat)
+                exact = await check_prompt_cap(c.http(), engine.url, body, raw, feature, endpoint)
                 prompt_est = exact or prompt_est
-                if stream:
+                if stream and endpoint.stream_usage_option:
                     options = body.get("stream_options")
                     if not (isinstance(options, dict) and options.get("include_usage")):
                         options = dict(options) if isinstance(options, dict) else {}
@@ -231,12 +157,17 @@ class Proxy:
                 guardrail_actions=actions,
             )
             for guard in c.guards:
-                admission = await guard.admit(ctx)
+                try:
+                    admission = await guard.admit(ctx)
+                except SidecarError:
+                    raise
+                except Exception:  # a broken guard must not leak the others' reservations
+                    log.exception("guard %s failed", getattr(guard, "name", guard))
+                    raise SidecarError("The sidecar failed to admit the request.") from None
                 if admission is not None:
                     admissions.append(admission)
         except (SidecarError, ClientGone) as exc:
-            for admission in admissions:
-                await admission.settle(None)
+            await _settle_all(admissions, None)
             if isinstance(exc, ClientGone):
                 outcome.status = "cancelled"
             else:
@@ -256,25 +187,32 @@ class Proxy:
         span = c.tracer.start_span(
             f"{op} {model}" if op != "other" else f"{scope['method']} {scope['path']}",
             context=parent_context(
-                _header(headers, b"traceparent"), _header(headers, b"tracestate")
+                header(headers, b"traceparent"), header(headers, b"tracestate")
             ),
             kind=SpanKind.SERVER,
         )
         span.set_attribute("gen_ai.request.model", model)
         if op != "other":
             span.set_attribute("gen_ai.operation.name", op)
-            span.set_attribute("gen_ai.request.max_tokens", max_out // _fanout(body))
+            span.set_attribute("gen_ai.request.max_tokens", max_out // fanout_of(body))
         in_flight = c.metrics.in_flight.labels(policy.feature_label(feature_name))
         in_flight.inc()
-        c.metering.clock(engine).admit(request_id, prompt_est, 0, n=_fanout(body))
-        watch = _Watch()
+        c.metering.clock(engine).admit(request_id, prompt_est, 0, n=fanout_of(body))
+        if op != "other":  # prefix advisor (issue 7): hashes only the prompt's first bytes
+            soft = soft_guardrails(c.settings, c.policy_store, c.registry)
+            soft.advisor.observe(
+                policy.feature_label(feature_name),
+                prompt_head(body, soft.advisor.head_bytes),
+                prompt_est,
+            )
+        watch = DisconnectWatch()
         watcher = asyncio.ensure_future(receive())
         watcher.add_done_callback(watch)
         try:
             await self._upstream(
                 scope, send, raw, span, headers, engine, extra, outcome, watch,
                 request_id=request_id, t0=t0, prompt_est=prompt_est, drop_usage=drop_usage,
-                stream=stream, op=op, fanout=_fanout(body),
+                stream=stream, op=op, fanout=fanout_of(body),
             )  # fmt: skip
         finally:
             watch.finished = True
@@ -287,8 +225,7 @@ class Proxy:
                 model=model, engine=engine, started_at=started_at, t0=t0, outcome=outcome,
                 actions=actions, span=span, admitted=True,
             )  # fmt: skip
-            for admission in admissions:
-                await admission.settle(record)
+            await _settle_all(admissions, record)
 
     async def _upstream(
         self,
@@ -300,7 +237,7 @@ class Proxy:
         engine: EnginePolicy,
         extra: dict[str, str],
         outcome: Outcome,
-        watch: _Watch,
+        watch: DisconnectWatch,
         *,
         request_id: str,
         t0: float,
@@ -311,7 +248,7 @@ class Proxy:
         fanout: int,
     ) -> None:
         c = self.c
-        up_headers = {"content-type": _header(headers, b"content-type") or "application/json"}
+        up_headers = {"content-type": header(headers, b"content-type") or "application/json"}
         if c.settings.upstream_api_key:
             up_headers["authorization"] = f"Bearer {c.settings.upstream_api_key}"
         inject_headers(span, up_headers)
@@ -331,7 +268,7 @@ class Proxy:
         watch.resp = resp
         try:
             ctype = resp.headers.get("content-type", "application/json").encode("latin-1")
-            if stream and resp.status == 200:
+            if resp.status == 200 and (stream or ctype.startswith(b"text/event-stream")):
                 await self._relay_stream(send, resp, ctype, extra, outcome, watch, request_id,
                                          engine=engine, t0=t0, drop_usage=drop_usage,
                                          chat=op == "chat", fanout=fanout)  # fmt: skip
@@ -350,7 +287,7 @@ class Proxy:
         ctype: bytes,
         extra: dict[str, str],
         outcome: Outcome,
-        watch: _Watch,
+        watch: DisconnectWatch,
         request_id: str,
         *,
         engine: EnginePolicy,
@@ -365,7 +302,7 @@ class Proxy:
             {
                 "type": "http.response.start",
                 "status": resp.status,
-                "headers": [(b"content-type", ctype), *_encode(extra)],
+                "headers": [(b"content-type", ctype), *encode_headers(extra)],
             }
         )
         try:
@@ -377,6 +314,8 @@ class Proxy:
                 if watch.gone:
                     break
         except (aiohttp.ClientError, TimeoutError):
+            # A clean end of the chunked body ends the loop; an engine that dies mid-stream or
+            # goes silent past read_timeout_s raises here.
             if not watch.gone:
                 outcome.status = "upstream_error"
         if scanner.first_at is not None:
@@ -394,8 +333,6 @@ class Proxy:
         if watch.gone:
             outcome.status = "cancelled"
             return
-        if not scanner.done and outcome.status == "ok":
-            outcome.status = "upstream_error"  # the engine hung up mid-stream
         watch.finished = True
         await send({"type": "http.response.body", "body": scanner.finish(), "more_body": False})
 
@@ -406,7 +343,7 @@ class Proxy:
         ctype: bytes,
         extra: dict[str, str],
         outcome: Outcome,
-        watch: _Watch,
+        watch: DisconnectWatch,
     ) -> None:
         try:
             data = await resp.read()
@@ -423,7 +360,7 @@ class Proxy:
             return
         if resp.status >= 400:
             outcome.status = "upstream_error"
-        elif ctype.startswith(_JSON):
+        elif ctype.startswith(JSON):
             _take_response(data, outcome)
         watch.finished = True
         await send_bytes(send, resp.status, data, ctype, extra)
@@ -442,23 +379,34 @@ class Proxy:
         engines = c.policy_store.current.snapshot.engines or [c.default_engine]
         urls = dict.fromkeys(e.url.rstrip("/") for e in engines)
         seen: dict[str, Any] = {}
+        reached = False
         for url in urls:
             try:
                 async with c.http().get(f"{url}/v1/models") as resp:
                     if resp.status != 200:
                         continue
                     listing = orjson.loads(await resp.read())
+                    reached = True
             except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError):
                 continue
             for item in listing.get("data", []):
                 model_id = item.get("id")
                 if isinstance(model_id, str) and model_allowed(key, model_id):
                     seen.setdefault(model_id, item)
-        if not seen and not any(True for _ in urls):
+        if not reached:
             await send_error(send, _unavailable("engine"), extra)
             return
         body = orjson.dumps({"object": "list", "data": list(seen.values())})
-        await send_bytes(send, 200, body, _JSON, extra)
+        await send_bytes(send, 200, body, JSON, extra)
+
+
+async def _settle_all(admissions: list[Admission], record: UsageRecord | None) -> None:
+    """Settle every admission once; one failing must not keep the others from settling."""
+    for admission in admissions:
+        try:
+            await admission.settle(record)
+        except Exception:
+            log.exception("settling an admission failed")
 
 
 def _take_response(data: bytes, outcome: Outcome) -> None:

@@ -47,9 +47,30 @@ class Settings(BaseSettings):
     ratelimit_on_redis_error: Literal["open", "closed"] = "open"
     # A crashed sidecar's concurrency slots are freed after this long (renewed every third of it).
     ratelimit_lease_ttl_s: float = 30.0
+    # Redis connections per sidecar (admissions queue for one), and the wait for a reply or a
+    # free connection before the Redis-down policy applies.
+    ratelimit_redis_connections: int = 32
+    ratelimit_redis_timeout_s: float = 2.0
 
     # --- metering --------------------------------------------------------------------------
     usage_jsonl: Path | None = None
+
+    # --- control-plane mode: usage spool + shipper, policy sync, budget leases (issue 5) -------
+    # All active when control_plane_url and control_plane_token are set.
+    spool_max_records: int = 1_000_000
+    spool_max_bytes: int = 1 << 30  # payload bytes on disk
+    # Spool full: "reject" new requests with 503 usage_spool_full, or "block" them (up to the
+    # timeout, then 503). Records of requests already admitted are always kept.
+    spool_on_full: Literal["reject", "block"] = "reject"
+    spool_block_timeout_s: float = 30.0
+    ship_batch_size: int = 1000  # records per POST (the control plane takes up to 10k)
+    ship_backoff_cap_s: float = 30.0
+    policy_sync_interval_s: float = 5.0
+    # Control plane unreachable and no lease cover: admit up to the staleness bound, or refuse.
+    budget_fail_mode: Literal["open", "closed"] = "open"
+    budget_staleness_s: float = 300.0
+    # Reservation estimate before a feature has history (learned per feature afterwards).
+    budget_prior_gpu_seconds_per_token: float = 0.02
 
     # --- tracing ---------------------------------------------------------------------------
     tracing_enabled: bool = True

@@ -152,7 +152,9 @@ def soft_guardrails(
         return policy_store.current.snapshot.features
 
     watch = EngineWatch(
-        engines, interval_s=settings.engine_watch_interval_s, window_s=settings.engine_watch_window_s
+        engines,
+        interval_s=settings.engine_watch_interval_s,
+        window_s=settings.engine_watch_window_s,
     )
     advisor = PrefixAdvisor(
         head_bytes=settings.prefix_head_bytes,

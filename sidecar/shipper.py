@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from gpuledger.contracts import UsageRecord
 from sidecar.hooks import Admission, RequestContext
+from sidecar.settings import Settings
 from sidecar.spool import Spool, SpoolEntry, SpoolFull
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,8 @@ class Shipper:
         if self._task is not None:
             if self.spool.backlog_records:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.spool.empty.wait(), flush_timeout_s)
+                    async with asyncio.timeout(flush_timeout_s):
+                        await self.spool.empty.wait()
             self._stop.set()
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -221,3 +223,38 @@ class SpoolGuard:
             "usage accounting is backlogged (control plane unreachable); retry later",
             headers={"retry-after": "5"},
         )
+
+
+def build_spool_sink(settings: Settings, registry: CollectorRegistry) -> SpoolSink | None:
+    """The control-plane-mode sink (spool in `<state_dir>/usage-spool.db`), or None."""
+    if not (settings.control_plane_url and settings.control_plane_token):
+        return None
+    spool = Spool(
+        settings.state_dir / "usage-spool.db",
+        max_records=settings.spool_max_records,
+        max_bytes=settings.spool_max_bytes,
+        registry=registry,
+    )
+    shipper = Shipper(
+        spool,
+        control_plane_url=settings.control_plane_url,
+        token=settings.control_plane_token,
+        batch_size=settings.ship_batch_size,
+        backoff_cap_s=settings.ship_backoff_cap_s,
+        registry=registry,
+    )
+    return SpoolSink(spool, shipper)
+
+
+def build_spool_guard(
+    settings: Settings, sink: object, registry: CollectorRegistry
+) -> SpoolGuard | None:
+    """The admission guard for a spool sink (None for any other sink)."""
+    if not isinstance(sink, SpoolSink):
+        return None
+    return SpoolGuard(
+        sink.spool,
+        on_full=settings.spool_on_full,
+        block_timeout_s=settings.spool_block_timeout_s,
+        registry=registry,
+    )

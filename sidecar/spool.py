@@ -224,7 +224,8 @@ class Spool:
     async def wait_for_space(self, timeout_s: float) -> bool:
         """True once the spool is below its bound, False if it is still full after `timeout_s`."""
         try:
-            await asyncio.wait_for(self._space.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._space.wait()
         except TimeoutError:
             return False
         return True

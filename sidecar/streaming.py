@@ -119,14 +119,19 @@ class SseScanner:
         return patched
 
     def _parse_usage(self, event: bytes) -> None:
-        payload = event.strip()
-        if payload.startswith(b"data:"):
-            payload = payload[5:]
+        start = event.find(b"data:")  # after an `event:` line in the Responses/Messages APIs
+        if start < 0:
+            return
+        payload = event[start + 5 :].strip()
         try:
             data = orjson.loads(payload)
         except orjson.JSONDecodeError:
             return
-        usage = data.get("usage") if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            return
+        usage = data.get("usage")
+        if usage is None and isinstance(data.get("response"), dict):
+            usage = data["response"].get("usage")  # Responses API: response.completed
         if isinstance(usage, dict):
             self.usage = usage
 

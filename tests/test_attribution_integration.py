@@ -1,21 +1,30 @@
 """The attribution clock driven by real streams from the real vLLM engine.
 
-The sidecar's proxy is another engineer's module; these tests drive `EngineClock` from their own
-small aiohttp streaming client with the same events the sidecar emits (admit after sending,
-progress per chunk, finish after the last chunk), so they check the clock against real timing.
+Two ways: through the real sidecar (uvicorn, `tests.sidecar_support.run_sidecar`), reading its
+usage records and /metrics; and directly, from a small aiohttp streaming client that sends the
+clock the same events the sidecar does (admit after sending, progress per chunk, finish after the
+last chunk), which also compares the charge with vLLM's own per-request timings.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry
 
+from sidecar.app import create_app
 from sidecar.attribution import EngineClock
+from sidecar.policy import PolicyStore
+from sidecar.settings import Settings
+from sidecar.sinks import MemorySink
+from tests.sidecar_support import DEV_SECRET, dev_snapshot, run_sidecar
 
 pytestmark = pytest.mark.engine
 
@@ -120,3 +129,91 @@ async def test_sixteen_concurrent_streams_add_up(engine_url: str) -> None:
     assert walls > 2 * busy
     # No request pays more than its own wall time x gpus.
     assert all(s.charge <= (s.done - s.sent) * gpus * 1.001 for s in streams)
+
+
+# --- through the sidecar --------------------------------------------------------------------
+
+GPUS, RATE = 2, 3.6  # a pretend TP=2 engine at $3.60/h: 1 GPU-second = $0.001
+
+
+@dataclass
+class Sidecar:
+    url: str
+    sink: MemorySink
+    registry: CollectorRegistry
+
+    def sample(self, name: str) -> float:
+        value = self.registry.get_sample_value(name, {"engine": "local"})
+        return 0.0 if value is None else value
+
+
+@pytest.fixture
+def sidecar(engine_url: str, tmp_path: Path) -> Iterator[Sidecar]:
+    """A fresh sidecar per test, so its attribution clock sees only that test's requests."""
+    store = PolicyStore(tmp_path)
+    base = dev_snapshot(engine_url)
+    engines = [e.model_copy(update={"gpus": GPUS, "hourly_rate_usd": RATE}) for e in base.engines]
+    store.replace(base.model_copy(update={"engines": engines}))
+    sink, registry = MemorySink(), CollectorRegistry()
+    settings = Settings(upstream_url=engine_url, state_dir=tmp_path, engine_watch_enabled=False)
+    app = create_app(settings, policy_store=store, sink=sink, registry=registry)
+    with run_sidecar(app=app) as url:
+        yield Sidecar(url, sink, registry)
+
+
+async def through_sidecar(
+    session: aiohttp.ClientSession, url: str, words: int, max_tokens: int
+) -> tuple[float, float]:
+    """One streamed completion via the sidecar; returns (sent, last byte) monotonic times."""
+    prompt = " ".join(WORDS[i % len(WORDS)] for i in range(words))
+    body = {"model": "tiny", "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True,
+            "stream": True}  # fmt: skip
+    headers = {"Authorization": f"Bearer {DEV_SECRET}"}
+    sent = time.monotonic()
+    async with session.post(f"{url}/v1/completions", json=body, headers=headers) as resp:
+        assert resp.status == 200, await resp.text()
+        async for _ in resp.content:
+            pass
+    return sent, time.monotonic()
+
+
+def test_sidecar_lone_request_is_charged_its_service_time(sidecar: Sidecar) -> None:
+    async def go() -> tuple[float, float]:
+        async with aiohttp.ClientSession() as session:
+            return await through_sidecar(session, sidecar.url, 60, 150)
+
+    sent, done = asyncio.run(go())
+    (record,) = sidecar.sink.wait_for(1)
+    assert record.status == "ok" and record.output_tokens == 150
+    # Its charge is its whole service time x gpus: the sidecar's e2e (which also covers the
+    # sidecar's own few ms before sending) and the client's view, within 5%.
+    assert record.gpu_seconds == pytest.approx(record.e2e_ms / 1000.0 * GPUS, rel=0.05)
+    assert record.gpu_seconds == pytest.approx((done - sent) * GPUS, rel=0.05)
+    assert record.cost_usd == pytest.approx(record.gpu_seconds * RATE / 3600.0)
+
+
+def test_sidecar_sixteen_concurrent_streams_add_up(sidecar: Sidecar) -> None:
+    shapes = [(3 + 23 * i % 60, 8 + 37 * i % 200) for i in range(16)]
+
+    async def go() -> list[tuple[float, float]]:
+        async with aiohttp.ClientSession() as session:
+            return await asyncio.gather(
+                *(through_sidecar(session, sidecar.url, w, m) for w, m in shapes)
+            )
+
+    windows = asyncio.run(go())
+    records = sidecar.sink.wait_for(16)
+    assert all(r.status == "ok" for r in records)
+    assert sorted(r.output_tokens for r in records) == sorted(m for _, m in shapes)
+    busy = sidecar.sample("gpuledger_engine_busy_gpu_seconds_total")
+    charged = sum(r.gpu_seconds for r in records)
+    assert busy > 0
+    assert charged == pytest.approx(busy, rel=0.02)
+    assert sidecar.sample("gpuledger_attributed_gpu_seconds_total") == pytest.approx(busy, rel=0.02)
+    assert abs(sidecar.sample("gpuledger_attribution_drift_ratio")) < 0.02
+    assert sidecar.sample("gpuledger_engine_gpus") == GPUS
+    assert sum(r.cost_usd for r in records) == pytest.approx(busy * RATE / 3600.0, rel=0.02)
+    # The busy clock is the union of the requests' windows, never more than the whole span.
+    span = max(d for _, d in windows) - min(s for s, _ in windows)
+    assert busy <= span * GPUS * 1.001
+    assert sum(r.e2e_ms for r in records) / 1000.0 * GPUS > 2 * busy

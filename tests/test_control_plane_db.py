@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import inspect, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from control_plane import db
 from tests.control_plane_support import db_url_fixture
@@ -25,9 +26,9 @@ TABLES = {
 }
 
 
-async def _tables(engine: object) -> set[str]:
-    async with engine.connect() as conn:  # type: ignore[attr-defined]
-        names = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
+async def _tables(engine: AsyncEngine) -> set[str]:
+    async with engine.connect() as conn:
+        names: set[str] = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
     return names - {"alembic_version"}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -43,6 +44,23 @@ def test_same_batch_three_times_is_counted_once(control_plane: str) -> None:
     with admin_client(control_plane) as client:
         page = client.get("/api/v1/usage/records", params={"limit": 1}).json()
     assert page["total"] == 50
+
+
+async def test_concurrent_replays_are_counted_once(control_plane: str) -> None:
+    records = [make_record(gpu_seconds=0.5) for _ in range(300)]
+    body = {"records": [r.model_dump(mode="json") for r in records]}
+    reversed_body = {"records": body["records"][::-1]}
+    async with httpx.AsyncClient(
+        base_url=control_plane, headers={"Authorization": f"Bearer {SIDECAR_TOKEN}"}, timeout=60
+    ) as client:
+        replies = await asyncio.gather(
+            *(client.post("/api/v1/usage/batch", json=b) for b in (body, reversed_body) * 3)
+        )
+    assert [r.status_code for r in replies] == [200] * 6
+    assert sum(r.json()["accepted"] for r in replies) == 300
+    totals = _summary(control_plane)
+    assert totals["requests"] == 300
+    assert totals["gpu_seconds"] == pytest.approx(150)
 
 
 def test_partial_replay_and_in_batch_duplicates(control_plane: str) -> None:

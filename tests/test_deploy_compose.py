@@ -60,7 +60,10 @@ def _compose(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str
     assert COMPOSE is not None
     return subprocess.run(
         [*COMPOSE, "-f", str(ROOT / "docker-compose.yml"), *args],
-        capture_output=True, text=True, env=env, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
     )
 
 
@@ -82,8 +85,19 @@ def test_resolved_stack() -> None:
     res = _compose("config", env=_env())
     assert res.returncode == 0, res.stderr
     services: dict[str, Any] = yaml.safe_load(res.stdout)["services"]
-    assert {"vllm", "sidecar", "control-plane", "migrate", "postgres", "redis", "prometheus",
-            "alertmanager", "grafana", "dashboard", "otel-collector"} <= set(services)
+    assert {
+        "vllm",
+        "sidecar",
+        "control-plane",
+        "migrate",
+        "postgres",
+        "redis",
+        "prometheus",
+        "alertmanager",
+        "grafana",
+        "dashboard",
+        "otel-collector",
+    } <= set(services)
     # Every long-running service has a health check (the collector's image has no shell).
     for name, svc in services.items():
         if name not in {"migrate", "otel-collector"}:
@@ -124,7 +138,12 @@ def _k8s_docs() -> list[dict[str, Any]]:
 def test_k8s_manifests_validate_against_schemas() -> None:
     kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
     docs = _k8s_docs()
-    assert {d["kind"] for d in docs} >= {"Deployment", "Service", "ConfigMap", "HorizontalPodAutoscaler"}
+    assert {d["kind"] for d in docs} >= {
+        "Deployment",
+        "Service",
+        "ConfigMap",
+        "HorizontalPodAutoscaler",
+    }
     for doc in docs:
         kv.validate(doc, "1.30", strict=True)
 
@@ -147,23 +166,32 @@ def test_grafana_dashboard_queries_known_series() -> None:
     assert len(exprs) >= 10
     recorded = {
         r["record"]
-        for g in yaml.safe_load((DEPLOY / "prometheus" / "rules" / "gpuledger-recording.yml").read_text())["groups"]
+        for g in yaml.safe_load(
+            (DEPLOY / "prometheus" / "rules" / "gpuledger-recording.yml").read_text()
+        )["groups"]
         for r in g["rules"]
     }
     for expr in exprs:
-        names = [w for w in expr.replace("(", " ").replace("{", " ").split() if w.startswith("gpuledger")]
+        names = [
+            w for w in expr.replace("(", " ").replace("{", " ").split() if w.startswith("gpuledger")
+        ]
         assert names, expr
         for name in names:
             assert name.startswith("gpuledger_") or name in recorded, name
-    ds = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    ds = yaml.safe_load(
+        (DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text()
+    )
     assert ds["datasources"][0]["uid"] == dash["panels"][0]["datasource"]["uid"]
 
 
-@pytest.mark.skipif(shutil.which("amtool") is None, reason="amtool missing: apt-get install prometheus-alertmanager")
+@pytest.mark.skipif(
+    shutil.which("amtool") is None, reason="amtool missing: apt-get install prometheus-alertmanager"
+)
 def test_alertmanager_config() -> None:
     res = subprocess.run(
         ["amtool", "check-config", str(DEPLOY / "alertmanager" / "alertmanager.yml")],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert res.returncode == 0, res.stdout + res.stderr
 

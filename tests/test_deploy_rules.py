@@ -40,7 +40,9 @@ def _alert_cases() -> list[dict[str, Any]]:
 @needs_promtool
 def test_promtool_check_rules() -> None:
     assert PROMTOOL is not None
-    res = subprocess.run([PROMTOOL, "check", "rules", *map(str, RULE_FILES)], capture_output=True, text=True)
+    res = subprocess.run(
+        [PROMTOOL, "check", "rules", *map(str, RULE_FILES)], capture_output=True, text=True
+    )
     assert res.returncode == 0, res.stdout + res.stderr
 
 
@@ -48,7 +50,10 @@ def test_promtool_check_rules() -> None:
 def test_promtool_test_rules() -> None:
     assert PROMTOOL is not None
     res = subprocess.run(
-        [PROMTOOL, "test", "rules", *map(str, TEST_FILES)], capture_output=True, text=True, cwd=PROM / "tests"
+        [PROMTOOL, "test", "rules", *map(str, TEST_FILES)],
+        capture_output=True,
+        text=True,
+        cwd=PROM / "tests",
     )
     assert res.returncode == 0, res.stdout + res.stderr
 
@@ -58,7 +63,8 @@ def test_promtool_check_config() -> None:
     assert PROMTOOL is not None
     res = subprocess.run(
         [PROMTOOL, "check", "config", "--syntax-only", str(PROM / "prometheus.yml")],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert res.returncode == 0, res.stdout + res.stderr
 
@@ -84,3 +90,18 @@ def test_rules_are_documented_and_labelled() -> None:
         else:
             assert rule["record"].startswith("gpuledger:")
             assert f"`{rule['record']}`" in doc, f"{rule['record']} missing from docs/metrics.md"
+
+
+def test_every_metric_in_the_code_is_documented() -> None:
+    """docs/metrics.md lists every gpuledger_* metric any component registers."""
+    import re
+
+    doc = (ROOT / "docs" / "metrics.md").read_text()
+    pattern = re.compile(r"[\"'](gpuledger_[a-z0-9_]+)[\"']")
+    found: set[str] = set()
+    for pkg in ("sidecar", "control_plane", "serving", "dashboard", "gpuledger"):
+        for path in (ROOT / pkg).rglob("*.py"):
+            found.update(pattern.findall(path.read_text()))
+    assert found, "no metric names found"
+    missing = sorted(name for name in found if name not in doc)
+    assert missing == [], f"add to docs/metrics.md: {missing}"

@@ -61,6 +61,7 @@ ops = st.one_of(
 streams = st.lists(ops, max_size=120)
 factors = st.floats(0.0, 3.0, allow_nan=False)
 gpu_counts = st.integers(1, 8)
+caps = st.none() | st.integers(1, 6)  # max_num_seqs: None (no queue model) or a small cap
 
 
 def run(clock: EngineClock, time: FakeTime, stream: list[Op], tag: str = "") -> dict[str, float]:
@@ -81,7 +82,7 @@ def run(clock: EngineClock, time: FakeTime, stream: list[Op], tag: str = "") -> 
 
 
 def close(clock: EngineClock, time: FakeTime, charges: dict[str, float]) -> None:
-    for rid in list(clock._flights):
+    for rid in [*clock._flights, *clock._queue]:
         charges[rid] = charges.get(rid, 0.0) + clock.finish(rid)
     time.now += 7.0  # some idle time after the window closes
 
@@ -90,10 +91,12 @@ def approx(a: float, b: float, rel: float) -> bool:
     return abs(a - b) <= rel * max(abs(a), abs(b)) + 1e-9
 
 
-@given(streams, factors, gpu_counts)
-def test_conservation_over_a_closed_window(stream: list[Op], factor: float, gpus: int) -> None:
+@given(streams, factors, gpu_counts, caps)
+def test_conservation_over_a_closed_window(
+    stream: list[Op], factor: float, gpus: int, cap: int | None
+) -> None:
     time = FakeTime()
-    clock = EngineClock("e", gpus=gpus, prefill_cost_factor=factor, clock=time)
+    clock = EngineClock("e", gpus=gpus, prefill_cost_factor=factor, clock=time, max_num_seqs=cap)
     charges = run(clock, time, stream)
     # Mid-stream the books balance too: finished + in-flight accrued == busy.
     assert abs(clock.drift_ratio) < 1e-9
@@ -171,10 +174,10 @@ def test_monotonic_in_output_tokens(
     assert charge_for(tokens + extra) >= charge_for(tokens) * (1 - 1e-12)
 
 
-@given(streams, factors)
-def test_never_negative_nor_nan(stream: list[Op], factor: float) -> None:
+@given(streams, factors, caps)
+def test_never_negative_nor_nan(stream: list[Op], factor: float, cap: int | None) -> None:
     time = FakeTime()
-    clock = EngineClock("e", gpus=3, prefill_cost_factor=factor, clock=time)
+    clock = EngineClock("e", gpus=3, prefill_cost_factor=factor, clock=time, max_num_seqs=cap)
     run(clock, time, stream)
     for value in (
         clock.busy_gpu_seconds,
@@ -265,6 +268,30 @@ def test_worked_example_312_in_18_out() -> None:
     expected = 0.030 * 6.24 / 9.24 + 0.170 * 1 / 4
     assert charge == pytest.approx(expected)
     assert charge == pytest.approx(0.06276, abs=1e-5)
+
+
+def test_queue_time_is_not_charged_with_max_num_seqs() -> None:
+    """With the engine's max_num_seqs known, requests beyond it wait (FIFO, as vLLM's scheduler)
+    and pay nothing while they wait; a token from a queued one puts it in service at once."""
+    time = FakeTime()
+    clock = EngineClock("e", prefill_cost_factor=0.0, clock=time, max_num_seqs=2)
+    for rid in ("a", "b", "c", "d"):
+        clock.admit(rid, 10)
+    assert (clock.in_service, clock.in_flight) == (2, 4)
+    time.now += 1.0
+    assert clock.accrued_gpu_seconds("c") == 0.0
+    assert clock.finish("a") == pytest.approx(0.5)  # c starts now
+    time.now += 1.0
+    clock.progress("d", 1)  # d was served after all (another client finished?): in service
+    time.now += 0.6
+    assert clock.finish("b") == pytest.approx(0.5 + 0.5 + 0.2)
+    assert clock.finish("c") == pytest.approx(0.5 + 0.2)
+    assert clock.finish("d") == pytest.approx(0.2)
+    clock.admit("e", 10)
+    clock.admit("f", 10)
+    clock.admit("g", 10)
+    assert clock.finish("g") == 0.0  # cancelled while queued: never served, never charged
+    assert clock.in_flight == 2
 
 
 def test_robust_to_unknown_ids_double_finish_and_duplicates() -> None:

@@ -26,7 +26,7 @@ from gpuledger.contracts import (
     PolicySnapshot,
     UsageRecord,
 )
-from sidecar.budget import BudgetGuard
+from sidecar.budget import BudgetAdmission, BudgetGuard
 from sidecar.errors import RateLimited
 from sidecar.hooks import RequestContext
 from sidecar.policy import PolicyStore
@@ -139,13 +139,21 @@ def usage(gpu_seconds: float, tokens: int = 20) -> UsageRecord:
 def guard(store: PolicyStore, url: str, **kw: Any) -> BudgetGuard:
     kw.setdefault("prior_gpu_seconds_per_token", 0.05)  # 20 tokens x 0.05 x 1.25 = 1.25 GPU-s
     kw.setdefault("min_request_gpu_s", 100.0)  # ask for everything: easy arithmetic
+    kw.setdefault("lease_wait_s", 0.2)
     return BudgetGuard(store, sidecar_id="s1", control_plane_url=url, token=TOKEN, **kw)
 
 
-async def test_feature_without_budget_is_not_guarded(leases: LeaseStandIn) -> None:
-    g = guard(store_with_budget(), leases.url)
+async def test_feature_without_budget_only_teaches_the_cost(leases: LeaseStandIn) -> None:
+    g = guard(store_with_budget(), leases.url, prior_gpu_seconds_per_token=0.01, tick_s=3600)
     await g.start()
-    assert await g.admit(ctx("free")) is None
+    for _ in range(3):
+        adm = await g.admit(ctx("free"))
+        await adm.settle(usage(2.0, tokens=20))  # 0.1 GPU-s per token
+    assert g.features["chat"].reserved == 0.0
+    # A budgeted feature without history borrows the learned cost, not the lower prior.
+    adm = await g.admit(ctx("chat"))
+    assert isinstance(adm, BudgetAdmission)
+    assert adm.estimate == pytest.approx(20 * 0.08875 * 1.25)  # 0.01 -> .055 -> .0775 -> .08875
     await g.close()
 
 
@@ -262,7 +270,7 @@ async def test_fail_open_within_staleness_then_closed(leases: LeaseStandIn) -> N
         store_with_budget(),
         leases.url,
         tick_s=3600,
-        staleness_s=0.3,
+        staleness_s=1.0,
         min_request_gpu_s=1.0,  # a lease smaller than one request
         registry=registry,
     )
@@ -276,7 +284,7 @@ async def test_fail_open_within_staleness_then_closed(leases: LeaseStandIn) -> N
     assert st.failing
     assert await g.admit(ctx()) is not None  # fail-open
     assert registry.get_sample_value("gpuledger_budget_fail_open_total", {"feature": "chat"}) == 1
-    await asyncio.sleep(0.35)
+    await asyncio.sleep(1.0)
     with pytest.raises(RateLimited) as err:
         await g.admit(ctx())  # past the staleness bound
     assert err.value.code == "budget_exceeded"

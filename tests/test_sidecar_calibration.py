@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import math
 import shutil
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-from gpuledger.cli import CliError
+from gpuledger.cli import main
 from serving.profiles import PROFILES_DIR, load_profile
-from sidecar import calibration_cli
 from sidecar.calibration import (
     CalibrationError,
     EngineCounters,
@@ -86,19 +83,6 @@ def test_write_keeps_the_profile_readable(tmp_path: Path) -> None:
     write_profile_factor(path, 0.5, "again")  # replaced in place, not appended twice
     assert path.read_text().count("prefill_cost_factor:") == 1
     assert load_profile(str(path)).prefill_cost_factor == 0.5
-
-
-def main(argv: list[str]) -> int:
-    """`gpuledger <argv>` with this module's subcommand (gpuledger.cli's list is the lead's)."""
-    parser = argparse.ArgumentParser(prog="gpuledger")
-    calibration_cli.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        code: int = args.func(args)
-    except CliError as exc:
-        print(f"gpuledger: error: {exc}", file=sys.stderr)
-        return exc.code
-    return code
 
 
 async def _traffic(url: str, n: int) -> None:

@@ -19,7 +19,11 @@ class Clock:
 
 
 def vllm_text(
-    *, kv: float = 0.0, running: int = 0, waiting: int = 0, ttft: tuple[int, int, int] = (0, 0, 0),
+    *,
+    kv: float = 0.0,
+    running: int = 0,
+    waiting: int = 0,
+    ttft: tuple[int, int, int] = (0, 0, 0),
     old_names: bool = False,
 ) -> str:
     """vLLM 0.32-style exposition (names from /work/shared/notes/vllm-cpu.md); `ttft` are the
@@ -107,7 +111,9 @@ def test_down_engine_and_reexport() -> None:
     assert fams["gpuledger_engine_up"].samples[0].labels == {"engine": "main"}
     assert fams["gpuledger_engine_kv_cache_usage_ratio"].samples[0].value == 0.5
     assert "gpuledger_engine_prefix_cache_hits_total" in text
-    ttft_count = [s for s in fams["gpuledger_engine_ttft_seconds"].samples if s.name.endswith("_count")]
+    ttft_count = [
+        s for s in fams["gpuledger_engine_ttft_seconds"].samples if s.name.endswith("_count")
+    ]
     assert ttft_count[0].value == 4.0
     watch.ingest("main", None)
     text = generate_latest(registry).decode()

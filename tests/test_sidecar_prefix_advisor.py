@@ -3,6 +3,8 @@ prefill estimated; a fixed system prompt is not; memory stays bounded."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -14,7 +16,9 @@ SYSTEM = b"You are a helpful assistant for ACME. Answer briefly. " * 10
 def test_unstable_opening_is_reported_with_waste() -> None:
     adv = PrefixAdvisor(window=50, min_observations=10, prefill_gpu_seconds_per_token=0.001)
     for i in range(100):
-        adv.observe("stamped", f"Now is 2026-11-27T10:{i:04d}. ".encode() + SYSTEM, prompt_tokens=300)
+        adv.observe(
+            "stamped", f"Now is 2026-11-27T10:{i:04d}. ".encode() + SYSTEM, prompt_tokens=300
+        )
         adv.observe("stable", SYSTEM + f"user question {i}".encode(), prompt_tokens=300)
     rows = {r.feature: r for r in adv.report()}
     assert rows["stamped"].unstable and rows["stamped"].unstable_ratio == 1.0
@@ -48,3 +52,66 @@ def test_bounded_features_and_metrics() -> None:
     text = generate_latest(registry).decode()
     assert 'gpuledger_prefix_unstable_ratio{feature="f0"} 1.0' in text
     assert 'gpuledger_prefix_wasted_prefill_gpu_seconds_total{feature="other"}' in text
+
+
+def test_prompt_head_of_chat_and_completion_bodies() -> None:
+    from sidecar.prefix_advisor import prompt_head
+
+    long_system = "You are terse. " * 100
+    chat = {
+        "messages": [{"role": "system", "content": long_system}, {"role": "user", "content": "hi"}]
+    }
+    head = prompt_head(chat, limit=64)
+    assert head == b"system\x00" + long_system.encode()[:57] and len(head) == 64
+    parts = {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "a"},
+                    {"type": "image_url"},
+                    {"type": "text", "text": "b"},
+                ],
+            }
+        ]
+    }
+    assert prompt_head(parts) == b"user\x00ab"
+    assert prompt_head({"prompt": ["first", "second"]}) == b"first"
+    assert prompt_head({"prompt": [1, 2, 3]}) == b"1,2,3"
+    assert prompt_head({"prompt": "é" * 300}, limit=10) == ("é" * 5).encode()
+    assert prompt_head({}) == b""
+
+
+@pytest.mark.engine
+def test_sidecar_feeds_the_advisor(engine_url: str, tmp_path: Path) -> None:
+    """Through the real sidecar: a feature whose prompt opens with a timestamp vs a fixed one."""
+    import httpx
+    import openai
+
+    from sidecar.app import create_app
+    from sidecar.policy import PolicyStore
+    from sidecar.settings import Settings
+    from sidecar.sinks import MemorySink
+    from tests.sidecar_support import DEV_SECRET, dev_snapshot, run_sidecar
+
+    store = PolicyStore(tmp_path)
+    store.replace(dev_snapshot(engine_url))
+    app = create_app(
+        Settings(upstream_url=engine_url, state_dir=tmp_path), policy_store=store, sink=MemorySink()
+    )
+    with run_sidecar(app=app) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=DEV_SECRET, max_retries=0)
+        for i in range(5):
+            client.completions.create(model="tiny", prompt=f"[{i}:00] You are terse.", max_tokens=1)
+            client.chat.completions.create(
+                model="tiny",
+                messages=[
+                    {"role": "system", "content": "You are terse."},
+                    {"role": "user", "content": str(i)},
+                ],
+                max_tokens=1,
+                extra_headers={"x-feature": "chat"},
+            )
+        metrics = httpx.get(f"{url}/metrics").text
+    assert 'gpuledger_prefix_unstable_ratio{feature="default"} 1.0' in metrics
+    assert 'gpuledger_prefix_unstable_ratio{feature="chat"} 0.2' in metrics

@@ -4,13 +4,15 @@ when Redis is down (fail open to the in-process limiter, or fail closed). Redis 
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
 from prometheus_client import CollectorRegistry
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from gpuledger.contracts import (
     FeaturePolicy,
@@ -108,6 +110,9 @@ async def test_headers_on_every_admitted_request_and_429_when_exhausted() -> Non
     err = info.value
     assert (err.status, err.code, err.type) == (429, "rate_limit_exceeded", "rate_limit_error")
     assert err.headers["retry-after"] == "30"
+    assert err.headers["x-ratelimit-remaining-requests"] == "0"
+    assert err.headers["x-ratelimit-reset-requests"] == "30s"
+    assert refused.response_headers["x-ratelimit-limit-requests"] == "2"
     assert "key key-1" in err.message and "requests per minute" in err.message
     assert err.tier == "medium"
 
@@ -236,3 +241,45 @@ def test_settings_pick_the_backend(redis_url: str) -> None:
     )
     assert shared.backend.name == "redis" and shared.on_backend_error == "closed"
     assert shared.heartbeat_s == 3.0
+    # A bounded pool that queues admissions rather than opening a socket per request.
+    assert isinstance(shared.backend, RedisBackend)
+    pool = shared.backend.client.connection_pool
+    assert isinstance(pool, BlockingConnectionPool) and pool.max_connections == 32
+
+
+@pytest.mark.redis
+async def test_heartbeat_keeps_slots_and_a_killed_sidecars_slots_expire(redis_url: str) -> None:
+    """Real time (Redis TIME), a 1 s lease: sidecar A's heartbeat loop keeps its two slots past the
+    lease time; once A dies (no heartbeat, no settlement) sidecar B gets them after the lease."""
+    prefix = f"{{test-kill-{uuid.uuid4().hex[:10]}}}:"
+    snapshot = policy(rule("key", concurrent_requests=2))
+
+    def sidecar(heartbeat_s: float) -> RateLimitGuard:
+        backend = RedisBackend(Redis.from_url(redis_url), prefix=prefix, lease_ttl_s=1.0)
+        return RateLimitGuard(lambda: snapshot, backend, heartbeat_s=heartbeat_s)
+
+    a, b = sidecar(0.2), sidecar(0.2)
+    try:
+        held = [await a.admit(ctx()) for _ in range(2)]
+        assert all(held)
+        await asyncio.sleep(2.0)  # twice the lease: only A's heartbeats keep the slots
+        with pytest.raises(RateLimited):
+            await b.admit(ctx())
+        await a.aclose()  # A is killed: its heartbeat stops, its requests never settle
+        killed_at = time.monotonic()
+        admitted = None
+        while admitted is None and time.monotonic() - killed_at < 10.0:
+            try:
+                admitted = await b.admit(ctx())
+            except RateLimited:
+                await asyncio.sleep(0.1)
+        assert admitted is not None, "the dead sidecar's slots never expired"
+        assert time.monotonic() - killed_at > 0.5  # not before its lease ran out
+        await admitted.settle(None)
+    finally:
+        client = Redis.from_url(redis_url)
+        keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+        await b.aclose()

@@ -5,15 +5,24 @@ high-priority ones pass; plus the SLO gauge the alert rules use."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
+import httpx
+import openai
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from gpuledger.contracts import FeaturePolicy, KeyPolicy
+from sidecar.app import create_app
 from sidecar.engine_watch import EngineWatch
 from sidecar.errors import RateLimited
 from sidecar.hooks import RequestContext
-from sidecar.shedding import ShedConfig, ShedGuard, register_slo_gauge
+from sidecar.policy import PolicyStore
+from sidecar.settings import Settings
+from sidecar.shedding import ShedConfig, ShedGuard, register_slo_gauge, soft_guardrails
+from sidecar.sinks import MemorySink
+from tests.sidecar_support import DEV_SECRET, dev_snapshot, run_sidecar
 from tests.test_sidecar_engine_watch import Clock, vllm_text
 
 LOW = FeaturePolicy(name="batch-summaries", priority=0, slo_ttft_ms=None)
@@ -21,10 +30,19 @@ HIGH = FeaturePolicy(name="chat", priority=5, slo_ttft_ms=2000, slo_e2e_ms=20000
 
 
 def ctx(feature: FeaturePolicy, engine: str = "main") -> RequestContext:
-    key = KeyPolicy(id="k1", name="k", key_hash="0" * 64, features=[feature.name], default_feature=feature.name)
+    key = KeyPolicy(
+        id="k1", name="k", key_hash="0" * 64, features=[feature.name], default_feature=feature.name
+    )
     return RequestContext(
-        request_id="r1", key=key, feature=feature, model="tiny", engine=engine, stream=False,
-        prompt_tokens_estimate=10, max_output_tokens=16, started_at=datetime.now(UTC),
+        request_id="r1",
+        key=key,
+        feature=feature,
+        model="tiny",
+        engine=engine,
+        stream=False,
+        prompt_tokens_estimate=10,
+        max_output_tokens=16,
+        started_at=datetime.now(UTC),
     )
 
 
@@ -77,3 +95,43 @@ def test_slo_gauge() -> None:
     assert 'gpuledger_feature_slo_seconds{feature="chat",kind="ttft"} 2.0' in text
     assert 'gpuledger_feature_slo_seconds{feature="chat",kind="e2e"} 20.0' in text
     assert "batch-summaries" not in text
+
+
+@pytest.mark.engine
+def test_app_sheds_low_priority_with_injected_kv_reading(engine_url: str, tmp_path: Path) -> None:
+    """The real sidecar with shedding on: an engine-watch reading of 97% KV cache is injected (the
+    scraper is off so the real, idle engine does not overwrite it); a real `openai` client then
+    gets 429 `overloaded` for the low-priority feature and a real completion for the high one."""
+    store = PolicyStore(tmp_path)
+    store.replace(dev_snapshot(
+        engine_url, default={"priority": 0}, chat={"priority": 5, "slo_ttft_ms": 2000},
+    ))  # fmt: skip
+    settings = Settings(
+        upstream_url=engine_url, state_dir=tmp_path, shedding_enabled=True,
+        engine_watch_enabled=False, shedding_sustain_s=0.0,
+    )  # fmt: skip
+    sink = MemorySink()
+    app = create_app(settings, policy_store=store, sink=sink)
+    pack = soft_guardrails(settings, store, app.state.registry)
+    assert pack.guard in app.state.components.guards
+    with run_sidecar(app=app) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=DEV_SECRET, max_retries=0)
+        ask: Any = {"model": "tiny", "prompt": "hello", "max_tokens": 4}
+        assert client.completions.create(**ask).choices  # no pressure yet: served
+        pack.watch.ingest("local", vllm_text(kv=0.97))
+        with pytest.raises(openai.RateLimitError) as exc:
+            client.completions.create(**ask)  # feature `default`, priority 0
+        assert exc.value.code == "overloaded"
+        assert exc.value.response.headers["retry-after"] == "5"
+        served = client.completions.create(**ask, extra_headers={"x-feature": "chat"})
+        assert served.usage is not None and served.usage.completion_tokens > 0
+        metrics = httpx.get(f"{url}/metrics").text
+    assert 'gpuledger_engine_kv_cache_usage_ratio{engine="local"} 0.97' in metrics
+    assert 'gpuledger_feature_slo_seconds{feature="chat",kind="ttft"} 2.0' in metrics
+    assert (
+        'gpuledger_guardrail_rejections_total{feature="default",reason="overloaded",tier="soft"} 1.0'
+        in metrics
+    )
+    shed = [r for r in sink.records if r.status == "rejected:overloaded"]
+    assert len(shed) == 1 and shed[0].feature == "default"
+    assert "shed:kv_cache" in shed[0].guardrail_actions

@@ -7,8 +7,11 @@ PostgreSQL; SQLite transactions hold the write lock from their first statement):
 2. reclaim leases that expired more than `lease_reclaim_grace_seconds` ago (dead sidecars);
 3. drop the caller's previous lease: the new grant *replaces* it (it is not added to it);
 4. remaining = limit - used - outstanding leases of the other sidecars;
-5. grant min(want, share cap, remaining), where want = clamp(max(min_lease, burn x ttl x headroom,
-   requested), max_lease) and share cap = max(min_lease, remaining x max_share).
+5. grant max(floor, min(want, share cap, remaining)), where want = clamp(max(min_lease,
+   burn x ttl x headroom, requested), max_lease), share cap = max(min_lease, remaining x
+   max_share), and floor = min(old grant - settled, requested): a renewal never takes back what
+   the sidecar may have reserved from its old lease (old grant - settled was already counted as
+   outstanding, so keeping it does not break the invariant below). Requesting 0 releases.
 
 Invariant: granted leases never sum to more than `limit - used`. So if each sidecar admits a
 request only while its current lease covers the request's reservation, total charge stays within
@@ -17,7 +20,9 @@ charges that straddle a period reset count against the new period; a lease grant
 reset stays outstanding after it; a repeated call (lost response) settles twice.
 
 A sidecar's reservations still in flight at renewal are carried over: it must deduct them from
-the new grant, and settle them on a later call once they complete.
+the new grant (so it should ask for them on top of its headroom), and settle them later.
+`exhausted` means the period's budget is spent (used >= limit); a zero grant without it means the
+rest is leased to other sidecars for now.
 """
 
 from __future__ import annotations
@@ -67,7 +72,13 @@ async def grant_lease(
     )
     lease = await repo.lease(req.sidecar_id, req.feature)
     burn = 0.0
+    # What the sidecar may already have committed from its old lease (reservations in flight)
+    # must stay covered: never shrink its grant below min(old balance, what it asks for).
+    floor = 0.0
     if lease is not None:
+        floor = min(
+            max(0.0, lease.granted_gpu_seconds - req.settled_gpu_seconds), req.requested_gpu_seconds
+        )
         elapsed = max((now - lease.granted_at).total_seconds(), 1e-3)
         instant = req.settled_gpu_seconds / elapsed
         burn = instant if lease.burn_rate == 0 else 0.5 * lease.burn_rate + 0.5 * instant
@@ -82,10 +93,15 @@ async def grant_lease(
     )
     want = min(want, settings.lease_max_gpu_seconds)
     share_cap = max(settings.lease_min_gpu_seconds, remaining * settings.lease_max_share)
-    granted = max(0.0, min(want, share_cap, remaining))
-    exhausted = remaining <= _EPSILON
-    if exhausted:
+    granted = max(floor, min(want, share_cap, remaining))
+    if req.requested_gpu_seconds <= 0:
+        granted = 0.0  # a release (sidecar shutting down): give it all back
+    if granted <= _EPSILON:
         granted = 0.0
+    # Exhausted means spent: only the period's end (or a higher limit) changes it. Nothing left
+    # to grant while other sidecars hold leases is a zero grant instead; those come back when
+    # they settle or expire, so the sidecar should ask again soon.
+    exhausted = v.used >= budget.limit_gpu_seconds - _EPSILON
 
     if lease is None:
         lease = Lease(sidecar_id=req.sidecar_id, feature=req.feature)

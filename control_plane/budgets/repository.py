@@ -27,6 +27,10 @@ class BudgetRepository:
     async def list(self) -> Sequence[Budget]:
         return (await self.session.execute(select(Budget).order_by(Budget.feature))).scalars().all()
 
+    async def for_features(self, features: set[str]) -> Sequence[Budget]:
+        stmt = select(Budget).where(Budget.feature.in_(sorted(features))).order_by(Budget.feature)
+        return (await self.session.execute(stmt)).scalars().all()
+
     async def delete(self, budget: Budget) -> None:
         await self.session.delete(budget)
 

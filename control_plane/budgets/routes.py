@@ -53,7 +53,8 @@ async def lease(
     _: SidecarDep,
 ) -> LeaseGrant:
     """Settle the previous lease and get a new one: a slice of the feature's remaining
-    GPU-seconds, replacing the caller's previous grant. `exhausted` means nothing is left to
-    grant; the sidecar applies `hard_action` until `period_end` (or a later renewal succeeds).
+    GPU-seconds, replacing the caller's previous grant. `exhausted` means the period's budget is
+    spent: the sidecar applies `hard_action` until `period_end`. A zero grant without
+    `exhausted` means the rest is leased to other sidecars for now: ask again shortly.
     A feature without a budget gets an effectively unlimited grant (1e12 GPU-seconds)."""
     return await grant_lease(session, settings, body, metrics)

@@ -121,12 +121,11 @@ async def raise_alerts(session: AsyncSession, v: BudgetView) -> None:
 
 
 async def check_alerts(session: AsyncSession, features: set[str]) -> None:
-    repo = BudgetRepository(session)
+    if not features:
+        return
     now = utcnow()
-    for feature in sorted(features):
-        budget = await repo.get(feature)
-        if budget is not None:
-            await raise_alerts(session, await view(session, budget, now))
+    for budget in await BudgetRepository(session).for_features(features):
+        await raise_alerts(session, await view(session, budget, now))
 
 
 async def list_views(session: AsyncSession) -> list[BudgetView]:

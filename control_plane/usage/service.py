@@ -51,8 +51,11 @@ async def ingest(
         unique.setdefault(record.id, record)
     received = utcnow()
     repo = UsageRepository(session)
-    new_ids = await repo.insert_new([_row(r, received) for r in unique.values()])
-    new = [r for r in unique.values() if r.id in new_ids]
+    # Sorted by id so that concurrent overlapping batches on PostgreSQL wait on each other's
+    # rows in one order instead of deadlocking.
+    ordered = [unique[i] for i in sorted(unique)]
+    new_ids = await repo.insert_new([_row(r, received) for r in ordered])
+    new = [r for r in ordered if r.id in new_ids]
     await repo.add_to_rollups(rollup_deltas(new))
     await check_alerts(session, {r.feature for r in new})
     await session.commit()

@@ -16,19 +16,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
-import uuid
 from collections.abc import Callable
 from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from gpuledger.contracts import PolicySnapshot, RateLimitPolicy, UsageRecord
 from sidecar.errors import RateLimited, UpstreamUnavailable
 from sidecar.hooks import RequestContext
-from sidecar.ratelimit.base import Backend, Decision, ScopeLimits, quota_headers
+from sidecar.ratelimit.base import (
+    PERIOD_S,
+    Backend,
+    Decision,
+    Quota,
+    ScopeLimits,
+    quota_headers,
+)
 from sidecar.ratelimit.local import LocalBackend
 from sidecar.ratelimit.redis_backend import RedisBackend
 from sidecar.settings import Settings
@@ -153,6 +160,9 @@ class RateLimitGuard:
         self.heartbeat_s = heartbeat_s
         self.retry_backend_s = retry_backend_s
         self._index: _Index | None = None
+        # Lease ids: unique across replicas (random per guard) and cheap (a counter) per request.
+        self._lease_prefix = f"{os.urandom(6).hex()}-"
+        self._leases = 0
         self._down_until = 0.0
         # Live admissions holding concurrency leases on the shared backend: lease id -> scopes.
         self._live: dict[str, tuple[ScopeLimits, ...]] = {}
@@ -183,7 +193,10 @@ class RateLimitGuard:
             return None
         reserved = ctx.reserved_tokens
         needs_lease = any(s.concurrency for s in scopes)
-        lease_id = uuid.uuid4().hex if needs_lease else ""
+        lease_id = ""
+        if needs_lease:
+            self._leases += 1
+            lease_id = f"{self._lease_prefix}{self._leases:x}"
         backend = self.backend
         if backend is not self.fallback and time.monotonic() < self._down_until:
             backend = self._degraded()
@@ -193,10 +206,9 @@ class RateLimitGuard:
             self._backend_failed(backend, exc, "admit")
             backend = self._degraded()
             decision = await backend.acquire(scopes, reserved, lease_id)
-        headers = quota_headers(decision.requests, decision.tokens)
-        ctx.response_headers.update(headers)
         if not decision.allowed:
-            raise self._refusal(decision, reserved, headers)
+            raise self._refusal(decision, reserved, ctx.response_headers)
+        ctx.response_headers.update(quota_headers(decision.requests, decision.tokens))
         if needs_lease and backend is not self.fallback:
             self._live[lease_id] = scopes
             self._ensure_heartbeat()
@@ -214,11 +226,29 @@ class RateLimitGuard:
 
     def _backend_failed(self, backend: Backend, exc: BaseException, what: str) -> None:
         self.backend_errors.labels(backend=backend.name).inc()
-        self._down_until = time.monotonic() + self.retry_backend_s
-        # The exception type only: Redis errors can quote the URL, which may hold a password.
-        log.warning("rate limit %s failed on %s backend: %s", what, backend.name, type(exc).__name__)
+        now = time.monotonic()
+        if now >= self._down_until:  # once per outage window, not once per request
+            # The exception type only: Redis errors can quote the URL, which may hold a password.
+            log.warning(
+                "rate limit %s failed on the %s backend (%s); %s for %.0fs",
+                what,
+                backend.name,
+                type(exc).__name__,
+                "falling back to the in-process limiter"
+                if self.on_backend_error == "open"
+                else "refusing requests",
+                self.retry_backend_s,
+            )
+        self._down_until = now + self.retry_backend_s
 
     def _refusal(self, d: Decision, reserved: int, headers: dict[str, str]) -> RateLimited:
+        # The refused dimension reads 0 left until the retry time; the other keeps what is known.
+        wait = d.retry_after_s if d.retry_after_s is not None else PERIOD_S
+        if d.dimension == "requests" and d.limit:
+            d.requests = Quota(limit=d.limit, remaining=0, reset_s=wait)
+        elif d.dimension == "tokens" and d.limit:
+            d.tokens = Quota(limit=d.limit, remaining=0, reset_s=wait)
+        headers.update(quota_headers(d.requests, d.tokens))
         words = self._index.words.get(d.scope_id or "", "") if self._index else ""
         unit = _UNITS[d.dimension or "requests"]
         limit = f"{d.limit:g}" if d.limit is not None else "?"
@@ -278,10 +308,19 @@ def build_rate_limit_guard(
     """The guard the settings ask for. Creating the Redis client opens no connection yet."""
     backend: Backend | None = None
     if settings.redis_url:
-        client = Redis.from_url(
-            settings.redis_url, socket_connect_timeout=0.5, socket_timeout=1.0
+        # A bounded pool that queues: a burst of admissions must not open a socket each (200
+        # concurrent connects time out on a busy host and would flip every one to the fallback).
+        # The timeouts include event-loop lag, so they are not tight.
+        pool = BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=settings.ratelimit_redis_connections,
+            timeout=settings.ratelimit_redis_timeout_s,
+            socket_connect_timeout=settings.ratelimit_redis_timeout_s,
+            socket_timeout=settings.ratelimit_redis_timeout_s,
         )
-        backend = RedisBackend(client, lease_ttl_s=settings.ratelimit_lease_ttl_s)
+        backend = RedisBackend(
+            Redis.from_pool(pool), lease_ttl_s=settings.ratelimit_lease_ttl_s
+        )
     return RateLimitGuard(
         policy,
         backend,

@@ -10,7 +10,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from sidecar.ratelimit.base import EPS_S, PERIOD_S, Decision, Quota, ScopeLimits, quota, tighter
+from sidecar.ratelimit.base import EPS_S, PERIOD_S, Decision, Quota, ScopeLimits, quota
+
+
+def _quota(best: tuple[float, float, float] | None) -> Quota | None:
+    return None if best is None else quota(best[1], best[2])
 
 
 class LocalBackend:
@@ -28,12 +32,13 @@ class LocalBackend:
         return self.acquire_now(scopes, reserved_tokens)
 
     def acquire_now(self, scopes: tuple[ScopeLimits, ...], reserved_tokens: int) -> Decision:
-        """The synchronous check (what the benchmark times)."""
+        """The synchronous check (what the benchmark times). Hot path: kept flat on purpose."""
         now = self._clock()
         tat = self._tat
         plan: list[tuple[tuple[str, str], tuple[float, float]]] = []
-        requests: Quota | None = None
-        tokens: Quota | None = None
+        # The tightest scope per dimension for the headers: (remaining units, limit, used s).
+        best_rq: tuple[float, float, float] | None = None
+        best_tok: tuple[float, float, float] | None = None
         for s in scopes:
             for dim, limit, cost in (
                 ("requests", s.rpm, 1.0),
@@ -44,30 +49,39 @@ class LocalBackend:
                     continue
                 key = (s.scope_id, dim)
                 per = PERIOD_S / limit
-                start = self._load(key, per, now)
+                state = tat.get(key)
+                if state is None or state[0] <= now:
+                    start = now
+                elif state[1] == per:
+                    start = state[0]
+                else:
+                    start = self._load(key, per, now)
                 new = start + cost * per
                 used = new - now
                 if used > PERIOD_S + EPS_S or (cost == 0.0 and start - now >= PERIOD_S):
                     never = cost * per > PERIOD_S + EPS_S
                     return Decision(
                         allowed=False,
-                        requests=requests,
-                        tokens=tokens,
+                        requests=_quota(best_rq),
+                        tokens=_quota(best_tok),
                         scope_id=s.scope_id,
                         dimension=dim,  # type: ignore[arg-type]
                         limit=limit,
                         retry_after_s=None if never else max(used - PERIOD_S, 0.001),
                     )
                 plan.append((key, (new, per)))
-                if dim == "requests":
-                    requests = tighter(requests, quota(limit, used))
-                elif dim == "tokens":
-                    tokens = tighter(tokens, quota(limit, used))
+                if cost:
+                    left = (PERIOD_S - used) / per
+                    if dim == "requests":
+                        if best_rq is None or left < best_rq[0]:
+                            best_rq = (left, limit, used)
+                    elif best_tok is None or left < best_tok[0]:
+                        best_tok = (left, limit, used)
             if s.concurrency and self._slots.get(s.scope_id, 0) >= s.concurrency:
                 return Decision(
                     allowed=False,
-                    requests=requests,
-                    tokens=tokens,
+                    requests=_quota(best_rq),
+                    tokens=_quota(best_tok),
                     scope_id=s.scope_id,
                     dimension="concurrency",
                     limit=s.concurrency,
@@ -79,7 +93,7 @@ class LocalBackend:
         for s in scopes:
             if s.concurrency:
                 self._slots[s.scope_id] = self._slots.get(s.scope_id, 0) + 1
-        return Decision(allowed=True, requests=requests, tokens=tokens)
+        return Decision(allowed=True, requests=_quota(best_rq), tokens=_quota(best_tok))
 
     async def settle(
         self,

@@ -25,7 +25,6 @@ from redis.commands.core import AsyncScript
 
 from sidecar.ratelimit.base import (
     DIMENSIONS,
-    PERIOD_S,
     Decision,
     Quota,
     ScopeLimits,
@@ -146,5 +145,3 @@ class RedisBackend:
         sec, usec = await self.client.time()
         return sec * 1000.0 + usec / 1000.0
 
-
-__all__ = ["DEFAULT_PREFIX", "PERIOD_S", "RedisBackend"]

@@ -1,0 +1,1 @@
+"""Dashboard pages: Streamlit scripts run only through `dashboard/app.py`'s navigation."""

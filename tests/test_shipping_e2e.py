@@ -1,0 +1,216 @@
+"""Lossless usage shipping, end to end: real control plane, real sidecar, real vLLM engine.
+
+* Outage: the control plane is down while 500 requests are served through the sidecar; when it
+  is back, exactly 500 records land in its database.
+* SIGKILL: a sidecar process killed after serving requests ships all of them after a restart.
+* Secrets: the key's secret appears in neither the spool files nor the control-plane database.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from sidecar.settings import Settings as SidecarSettings
+from tests.conftest import free_port
+from tests.control_plane_support import SIDECAR_TOKEN, admin_client, cp_settings
+from tests.sidecar_support import REPO, run_sidecar
+
+pytestmark = pytest.mark.engine
+
+
+@contextmanager
+def control_plane_on(db_url: str, port: int) -> Iterator[str]:
+    """The real control plane on a chosen port, so it can stop and come back at the same URL
+    (tests.control_plane_support.run_control_plane always picks a new port)."""
+    import uvicorn
+
+    from control_plane.app import create_app
+
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(cp_settings(db_url)), host="127.0.0.1", port=port, log_level="warning"
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "control plane did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def seed(base_url: str, engine_url: str) -> tuple[str, str]:
+    """One feature (no budget), one key, the real engine. Returns (key id, secret)."""
+    with admin_client(base_url) as admin:
+        admin.post("/api/v1/features", json={"name": "ship", "owner": "t"}).raise_for_status()
+        admin.put(
+            "/api/v1/engines/local",
+            json={"url": engine_url, "model": "tiny", "gpu_type": "cpu", "gpus": 1},
+        ).raise_for_status()
+        resp = admin.post("/api/v1/keys", json={"name": "ship-key", "features": ["ship"]})
+        resp.raise_for_status()
+        return resp.json()["id"], resp.json()["secret"]
+
+
+def landed(db_path: Path, sidecar_id: str) -> tuple[int, int]:
+    """(records, distinct ids) the control plane stored for one sidecar."""
+    with sqlite3.connect(db_path) as conn:
+        row = conn.execute(
+            "SELECT COUNT(*), COUNT(DISTINCT id) FROM usage_records WHERE sidecar_id = ?",
+            (sidecar_id,),
+        ).fetchone()
+    return int(row[0]), int(row[1])
+
+
+def metric(base_url: str, name: str) -> float:
+    for line in httpx.get(f"{base_url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not exported")
+
+
+def wait_until(cond: Callable[[], bool], limit_s: float, what: str) -> None:
+    deadline = time.monotonic() + limit_s
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def serve_requests(base_url: str, secret: str, n: int) -> None:
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=secret, max_retries=0, timeout=120)
+
+    def one(i: int) -> None:
+        resp = client.completions.create(model="tiny", prompt=f"req {i}", max_tokens=1)
+        assert resp.usage is not None and resp.usage.completion_tokens >= 1
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(one, range(n)))
+
+
+def files_contain(paths: list[Path], needle: bytes) -> list[Path]:
+    return [p for p in paths if p.is_file() and needle in p.read_bytes()]
+
+
+def test_outage_then_recovery_lands_exactly_500(tmp_path: Path, engine_url: str) -> None:
+    db_path = tmp_path / "cp.db"
+    db_url = f"sqlite+aiosqlite:///{db_path}"
+    cp_port = free_port()
+    state_dir = tmp_path / "sidecar"
+    cp = ExitStack()
+    cp_url = cp.enter_context(control_plane_on(db_url, cp_port))
+    key_id, secret = seed(cp_url, engine_url)
+    settings = SidecarSettings(
+        sidecar_id="sidecar-outage",
+        control_plane_url=cp_url,
+        control_plane_token=SIDECAR_TOKEN,
+        state_dir=state_dir,
+        upstream_url=engine_url,
+        tracing_enabled=False,
+        engine_watch_enabled=False,
+        ship_backoff_cap_s=1.0,
+    )
+    with run_sidecar(settings) as sidecar_url:
+        wait_until(lambda: (state_dir / "policy.json").exists(), 30, "policy sync")
+        cp.close()  # control plane down; the sidecar serves on its last good policy
+        serve_requests(sidecar_url, secret, 500)
+        wait_until(
+            lambda: metric(sidecar_url, "gpuledger_spool_backlog_records") == 500, 30, "spool"
+        )
+        assert metric(sidecar_url, "gpuledger_usage_shipped_total") == 0
+        assert metric(sidecar_url, "gpuledger_usage_ship_failures_total") >= 1
+        spool_files = sorted(state_dir.iterdir())
+        assert files_contain(spool_files, key_id.encode()), "the spool holds the records"
+        assert not files_contain(spool_files, secret.encode()), "secret in the sidecar state"
+
+        with control_plane_on(db_url, cp_port):
+            wait_until(
+                lambda: metric(sidecar_url, "gpuledger_spool_backlog_records") == 0, 60, "drain"
+            )
+            assert landed(db_path, "sidecar-outage") == (500, 500)
+            assert metric(sidecar_url, "gpuledger_usage_shipped_total") == 500
+    cp_files = [p for p in tmp_path.iterdir() if p.name.startswith("cp.db")]
+    assert cp_files
+    assert not files_contain(cp_files, secret.encode()), "secret in the control-plane database"
+    assert landed(db_path, "sidecar-outage") == (500, 500)
+
+
+def start_sidecar_process(port: int, cp_port: int, state_dir: Path, engine_url: str) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    env.update(
+        GPULEDGER_SIDECAR_ID="sidecar-killed",
+        GPULEDGER_CONTROL_PLANE_URL=f"http://127.0.0.1:{cp_port}",
+        GPULEDGER_CONTROL_PLANE_TOKEN=SIDECAR_TOKEN,
+        GPULEDGER_STATE_DIR=str(state_dir),
+        GPULEDGER_UPSTREAM_URL=engine_url,
+        GPULEDGER_TRACING_ENABLED="false",
+        GPULEDGER_ENGINE_WATCH_ENABLED="false",
+        GPULEDGER_SHIP_BACKOFF_CAP_S="1",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gpuledger.cli", "sidecar", "--port", str(port)],
+        cwd=REPO,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert proc.poll() is None, "the sidecar process exited"
+        try:
+            return httpx.get(f"{url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(up, 60, "sidecar process")
+    return proc
+
+
+def test_sigkill_after_responses_ships_everything_on_restart(
+    tmp_path: Path, engine_url: str
+) -> None:
+    db_path = tmp_path / "cp.db"
+    db_url = f"sqlite+aiosqlite:///{db_path}"
+    cp_port, port = free_port(), free_port()
+    state_dir = tmp_path / "sidecar"
+    with control_plane_on(db_url, cp_port):
+        _, secret = seed(f"http://127.0.0.1:{cp_port}", engine_url)
+        proc = start_sidecar_process(port, cp_port, state_dir, engine_url)
+        wait_until(lambda: (state_dir / "policy.json").exists(), 30, "policy sync")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        serve_requests(url, secret, 40)  # control plane down: records stay spooled
+        # The proxy writes the record just after the response's last byte: let it land.
+        wait_until(lambda: metric(url, "gpuledger_spool_backlog_records") == 40, 10, "spool")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    with sqlite3.connect(state_dir / "usage-spool.db") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM spool").fetchone()[0] == 40
+
+    with control_plane_on(db_url, cp_port):
+        proc = start_sidecar_process(port, cp_port, state_dir, engine_url)
+        try:
+            wait_until(lambda: landed(db_path, "sidecar-killed")[0] >= 40, 60, "shipping")
+            wait_until(lambda: metric(url, "gpuledger_spool_backlog_records") == 0, 10, "ack")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    assert landed(db_path, "sidecar-killed") == (40, 40)
