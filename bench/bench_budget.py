@@ -78,9 +78,9 @@ async def run(n: int) -> None:
             admit_ns.append(t1 - t0)
             settle_ns.append(t2 - t1)
         print(
-            f"{'budgeted' if feature == 'chat' else 'no budget':9}  admit p50 {pct(admit_ns, .5):.2f} µs"
-            f"  p99 {pct(admit_ns, .99):.2f} µs  max {max(admit_ns) / 1000:.1f} µs"
-            f"  | settle p50 {pct(settle_ns, .5):.2f} µs  p99 {pct(settle_ns, .99):.2f} µs"
+            f"{'budgeted' if feature == 'chat' else 'no budget':9}  admit p50 {pct(admit_ns, 0.5):.2f} µs"
+            f"  p99 {pct(admit_ns, 0.99):.2f} µs  max {max(admit_ns) / 1000:.1f} µs"
+            f"  | settle p50 {pct(settle_ns, 0.5):.2f} µs  p99 {pct(settle_ns, 0.99):.2f} µs"
             f"  | mean admit {statistics.fmean(admit_ns) / 1000:.2f} µs  (n={n})"
         )
 

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
+from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import text
 
@@ -23,6 +24,7 @@ from control_plane.policy.routes import router as policy_router
 from control_plane.rate_limits.routes import router as rate_limits_router
 from control_plane.reports.routes import router as reports_router
 from control_plane.settings import Settings
+from control_plane.tracing import TracingMiddleware, build_tracer_provider
 from control_plane.usage.routes import router as usage_router
 
 DESCRIPTION = """GPU-hour budgets, keys, features and the usage ledger behind gpuledger sidecars.
@@ -32,7 +34,10 @@ take a sidecar token (`GPULEDGER_SIDECAR_TOKENS`). Errors are `{"detail": ..., "
 """
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, span_exporter: SpanExporter | None = None
+) -> FastAPI:
+    """`span_exporter` is for tests (an in-memory exporter); OTLP comes from the environment."""
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -45,9 +50,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await db.migrate(engine, "upgrade", "head")
             app.state.engine = engine
             app.state.sessionmaker = db.session_factory(engine)
+            app.state.read_sessionmaker = db.read_session_factory(engine)
             yield
         finally:
             await engine.dispose()
+            app.state.tracer_provider.force_flush()  # spans still queued for OTLP go out now
 
     app = FastAPI(
         title="gpuledger control plane", version="1", description=DESCRIPTION, lifespan=lifespan
@@ -56,6 +63,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = CollectorRegistry()
     app.state.metrics = ControlPlaneMetrics(app.state.registry)
     install_handlers(app)
+    app.state.tracer_provider = build_tracer_provider(span_exporter)
+    if settings.tracing_enabled:
+        tracer = app.state.tracer_provider.get_tracer("gpuledger.control_plane")
+        app.add_middleware(TracingMiddleware, tracer=tracer)
     for router in (
         usage_router,
         policy_router,
@@ -79,7 +90,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def ready(request: Request) -> Response:
         """Readiness: the database answers."""
         try:
-            async with request.app.state.engine.connect() as conn:
+            engine = request.app.state.engine.execution_options(sqlite_begin="DEFERRED")
+            async with engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
         except Exception:  # any driver error means not ready; details stay in the logs
             return Response('{"status":"unavailable"}', 503, media_type="application/json")
@@ -89,7 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def metrics(request: Request) -> Response:
         # Budget gauges are computed at scrape time (a few indexed sums per budget).
         m: ControlPlaneMetrics = request.app.state.metrics
-        async with request.app.state.sessionmaker() as session:
+        async with request.app.state.read_sessionmaker() as session:
             views = await list_views(session)
         for gauge in (m.budget_used, m.budget_limit, m.budget_soft_ratio):
             gauge.clear()  # a deleted budget must not linger

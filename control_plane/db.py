@@ -4,7 +4,8 @@ SQLite runs in WAL mode with a busy timeout and foreign keys on. Every SQLite tr
 with `BEGIN IMMEDIATE`: SQLite has one writer, and a deferred transaction that reads and then
 writes (the lease grant does exactly that) fails with SQLITE_BUSY once another writer committed in
 between. Taking the write lock up front turns that into a wait, which is the serialisation the
-lease math needs. PostgreSQL uses row locks (`SELECT ... FOR UPDATE`) instead.
+lease math needs. Read-only requests use DEFERRED sessions instead (read_session_factory).
+PostgreSQL uses row locks (`SELECT ... FOR UPDATE`).
 """
 
 from __future__ import annotations
@@ -87,7 +88,10 @@ def create_engine(url: str, *, busy_timeout_ms: int = 30_000) -> AsyncEngine:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Read-only sessions (read_session_factory) begin DEFERRED: in WAL mode they read a
+        # snapshot without waiting for the writer.
+        deferred = conn.get_execution_options().get("sqlite_begin") == "DEFERRED"
+        conn.exec_driver_sql("BEGIN DEFERRED" if deferred else "BEGIN IMMEDIATE")
 
     return engine
 
@@ -100,6 +104,14 @@ def _ensure_sqlite_dir(url: str) -> None:
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[Any]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def read_session_factory(engine: AsyncEngine) -> async_sessionmaker[Any]:
+    """Sessions for requests that only read (policy polls, reports, lists): on SQLite they do
+    not take the write lock, so they never queue behind an ingest batch. Never write with one."""
+    return async_sessionmaker(
+        engine.execution_options(sqlite_begin="DEFERRED"), expire_on_commit=False
+    )
 
 
 def _alembic_config(url: str) -> Any:

@@ -24,6 +24,12 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
+async def get_read_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """For routes that only read: on SQLite it does not wait for the writer (see db.py)."""
+    async with request.app.state.read_sessionmaker() as session:
+        yield session
+
+
 def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
@@ -73,6 +79,7 @@ async def require_sidecar(
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
+ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[ControlPlaneMetrics, Depends(get_metrics)]
 AdminDep = Annotated[str, Depends(require_admin)]

@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     port: int = 8090
     migrate_on_start: bool = True
     sqlite_busy_timeout_ms: int = 30_000
+    # A server span per request (W3C traceparent continued) and a span per ingested usage record
+    # in the record's trace; exported over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    tracing_enabled: bool = True
 
     # Budget lease sizing: each sidecar gets max(min_lease, burn_rate x ttl x headroom), capped by
     # max_lease and by a share of what remains, so one sidecar cannot starve the others.

@@ -97,8 +97,8 @@ def gate(s: DashboardSettings) -> None:
 def show_error(exc: Exception, s: DashboardSettings) -> None:
     if isinstance(exc, ControlPlaneUnavailable):
         st.error(
-            f"**Control plane unreachable** at `{s.control_plane_url}` — the figures below "
-            f"cannot be loaded. Start it with `gpuledger control-plane` or point "
+            f"**Control plane unreachable** at `{s.control_plane_url}` — no figures can be loaded. "
+            f"Start it with `gpuledger control-plane` or point "
             f"`GPULEDGER_CONTROL_PLANE_URL` at it. ({exc})",
             icon=":material/cloud_off:",
         )

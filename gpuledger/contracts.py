@@ -55,6 +55,8 @@ class UsageRecord(_Wire):
     cost_usd: float = 0.0
     cloud_cost_usd: float | None = None
     trace_id: str | None = None
+    # The sidecar's request span (16 hex), so the control plane can parent its spans on it.
+    span_id: str | None = None
 
 
 class UsageBatch(_Wire):

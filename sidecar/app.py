@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
+from opentelemetry import trace
 from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.routing import Route
@@ -67,7 +68,10 @@ def create_app(
             prices=None,
         ),
         tracer_provider=provider,
-        tracer=provider.get_tracer("gpuledger.sidecar"),
+        # Disabled: a no-op tracer (no spans, no trace id in records, no traceparent upstream).
+        tracer=provider.get_tracer("gpuledger.sidecar")
+        if settings.tracing_enabled
+        else trace.NoOpTracer(),
         default_engine=EnginePolicy(name=settings.upstream_name, url=settings.upstream_url),
         guards=guards if guards is not None else build_guards(settings, store, registry, usage_sink),
     )
@@ -81,7 +85,10 @@ def create_app(
             log.warning("no cloud price table, cloud-equivalent cost disabled: %s", exc)
         await usage_sink.start()
         components.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=settings.upstream_max_connections),
+            connector=aiohttp.TCPConnector(
+                limit=settings.upstream_max_connections,
+                keepalive_timeout=settings.upstream_keepalive_s,
+            ),
             timeout=aiohttp.ClientTimeout(
                 total=None,
                 sock_connect=settings.connect_timeout_s,

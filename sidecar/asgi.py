@@ -25,23 +25,31 @@ class ClientGone(Exception):
 
 
 class DisconnectWatch:
-    """Notices a client disconnect while the response is in flight, and aborts the upstream call
-    (closing the aiohttp response closes its connection; vLLM then aborts the request)."""
+    """Notices a client disconnect while the response is in flight, and aborts the upstream call.
 
-    __slots__ = ("finished", "gone", "resp")
+    Once upstream headers are in (`resp` set), closing the aiohttp response closes its
+    connection: the relay loop ends with the tokens seen so far and vLLM aborts the request.
+    Before that (a non-streamed request waits for vLLM's whole answer), the request's task is
+    cancelled; the proxy catches that cancellation (`gone` tells it apart from a shutdown).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("finished", "gone", "resp", "task")
+
+    def __init__(self, task: asyncio.Task[Any] | None) -> None:
         self.gone = False
         self.finished = False
         self.resp: aiohttp.ClientResponse | None = None
+        self.task = task
 
-    def __call__(self, task: asyncio.Future[Message]) -> None:
-        if task.cancelled() or task.exception() is not None or self.finished:
+    def __call__(self, message: asyncio.Future[Message]) -> None:
+        if message.cancelled() or message.exception() is not None or self.finished:
             return
-        if task.result().get("type") == "http.disconnect":
+        if message.result().get("type") == "http.disconnect":
             self.gone = True
             if self.resp is not None:
                 self.resp.close()
+            elif self.task is not None:
+                self.task.cancel()
 
 
 def header(headers: dict[bytes, bytes], name: bytes) -> str | None:

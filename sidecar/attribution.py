@@ -163,9 +163,11 @@ class EngineClock:
         if request_id in self._flights or request_id in self._queue:
             return
         now = self._advance()
-        uncached = max(0, prompt_tokens - max(0, cached_tokens))
+        uncached = prompt_tokens - cached_tokens if cached_tokens > 0 else prompt_tokens
+        if uncached < 0:
+            uncached = 0
         weight = uncached * self.prefill_cost_factor
-        flight = _Flight(weight if weight > 1.0 else 1.0, float(max(1, n)), 0.0, now, uncached)
+        flight = _Flight(weight if weight > 1.0 else 1.0, n if n > 1 else 1.0, 0.0, now, uncached)
         if self._max_seqs is not None and len(self._flights) >= self._max_seqs:
             self._queue[request_id] = flight
         else:
@@ -180,11 +182,11 @@ class EngineClock:
         flight.admitted = now
         self._flights[request_id] = flight
         self._w += flight.weight
-        weight = flight.weight
-        uncached = flight.uncached
-        spt = self.prefill_seconds_per_token
-        if spt is not None and weight > flight.decode_weight:  # else the deadline changes nothing
-            due = now + PREFILL_SLACK * max(1, uncached) * spt
+        spt = self._fixed_spt
+        if spt is None and self._uncached_avg > 0.0:
+            spt = self._ttft_avg / self._uncached_avg
+        if spt is not None and flight.weight > flight.decode_weight:  # else no deadline needed
+            due = now + PREFILL_SLACK * (flight.uncached or 1) * spt
             if math.isfinite(due):
                 heapq.heappush(self._deadlines, (due, next(self._seq), flight))
                 if len(self._deadlines) > 2 * len(self._flights) + 64:

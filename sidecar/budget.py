@@ -40,6 +40,7 @@ from sidecar.errors import RateLimited
 from sidecar.hooks import Admission, RequestContext
 from sidecar.policy import Policy, PolicyStore
 from sidecar.settings import Settings
+from sidecar.tracing import with_current_trace
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +218,7 @@ class BudgetGuard:
             st.max_estimate = estimate
         now = time.time()
         covered = now < st.lease_expires and now < st.period_end and st.available >= estimate
-        if covered and not st.exhausted:
+        if covered and not st.exhausted and not st.renewing:
             st.reserved += estimate
             return BudgetAdmission(self, st, estimate)  # the hot path ends here
         return await self._slow_admit(ctx, st, estimate, now)
@@ -225,15 +226,26 @@ class BudgetGuard:
     async def _slow_admit(
         self, ctx: RequestContext, st: FeatureBudget, estimate: float, now: float
     ) -> BudgetAdmission:
-        """No cover in the lease: wait briefly for a renewal, fail open, or refuse."""
+        """No cover in the lease, or a renewal in flight: wait briefly for the renewal, fail
+        open, or refuse.
+
+        While a lease call is in flight nothing is admitted against the old lease (unless the
+        call outlasts `lease_wait_s`): the grant replaces that lease and was sized from the
+        reservations at send time, so admissions in between could be granted twice.
+        """
         deadline = now + self.lease_wait_s
         while True:
-            self._kick.set()
             if st.exhausted and now < st.period_end:
+                self._kick.set()
                 return self._over(ctx, st, estimate, now, "exhausted")
             if now < st.lease_expires and now < st.period_end and st.available >= estimate:
-                st.reserved += estimate
-                return BudgetAdmission(self, st, estimate)
+                if not st.renewing or now >= deadline:
+                    st.reserved += estimate
+                    return BudgetAdmission(self, st, estimate)
+                await self._wait_renewal(st, estimate, deadline - now)
+                now = time.time()
+                continue
+            self._kick.set()
             never_answered = st.lease_expires == 0.0 and now - st.last_ok > 2.0
             if st.failing or never_answered:
                 # No cover, and the control plane can't be asked (or never answered).
@@ -254,16 +266,20 @@ class BudgetGuard:
                 return self._over(ctx, st, estimate, now, "lease")
             # A burst outran the lease: the background renewal asks for this demand too (no
             # network call here; this request only waits for the renewal, briefly).
-            st.waiting += estimate
-            renewed = st.renewed
-            try:
-                async with asyncio.timeout(deadline - now):
-                    await renewed.wait()
-            except TimeoutError:
-                pass
-            finally:
-                st.waiting -= estimate
+            await self._wait_renewal(st, estimate, deadline - now)
             now = time.time()
+
+    @staticmethod
+    async def _wait_renewal(st: FeatureBudget, estimate: float, limit_s: float) -> None:
+        st.waiting += estimate
+        renewed = st.renewed
+        try:
+            async with asyncio.timeout(limit_s):
+                await renewed.wait()
+        except TimeoutError:
+            pass
+        finally:
+            st.waiting -= estimate
 
     def _over(
         self, ctx: RequestContext, st: FeatureBudget, estimate: float, now: float, why: str
@@ -408,19 +424,19 @@ class BudgetGuard:
         if release:
             wanted = 0.0
         else:
-            headroom = max(
-                self.min_request_gpu_s, st.burn * self.lease_horizon_s, 4 * st.max_estimate
-            )
+            # Sized to recent burn, at least one request: an idle sidecar holding a big lease
+            # would starve the other sidecars of the same budget.
+            headroom = max(self.min_request_gpu_s, st.burn * self.lease_horizon_s, st.max_estimate)
             wanted = st.reserved + st.waiting + headroom
-        body = LeaseRequest(
-            sidecar_id=self.sidecar_id,
-            feature=st.feature,
-            requested_gpu_seconds=wanted,
-            settled_gpu_seconds=report,
-        )
         try:
+            body = LeaseRequest(
+                sidecar_id=self.sidecar_id,
+                feature=st.feature,
+                requested_gpu_seconds=max(0.0, wanted),
+                settled_gpu_seconds=max(0.0, report),
+            )
             async with self._session.post(
-                self.url, data=body.model_dump_json(), headers=self._headers
+                self.url, data=body.model_dump_json(), headers=with_current_trace(self._headers)
             ) as resp:
                 if resp.status != 200:
                     raise RuntimeError(f"HTTP {resp.status}")
@@ -431,11 +447,12 @@ class BudgetGuard:
             if not st.failing:
                 log.warning("budget %s: lease call failed: %s", st.feature, exc)
             st.failing = True
+            self._renewed(st)
             return
-        finally:
-            st.renewing = False
-            woken, st.renewed = st.renewed, asyncio.Event()
-            woken.set()  # waiters re-check, whatever the outcome
+        except BaseException:  # cancelled (shutdown, a start-up timeout): never stay "renewing"
+            st.unreported += report
+            self._renewed(st)
+            raise
         done = time.time()
         if st.last_ok < done and report:
             elapsed = max(done - st.last_ok, 1e-3)
@@ -452,6 +469,14 @@ class BudgetGuard:
         st.period_end = grant.period_end.timestamp()
         st.exhausted = grant.exhausted
         st.hard_action = grant.hard_action
+        self._renewed(st)
+
+    @staticmethod
+    def _renewed(st: FeatureBudget) -> None:
+        """End of a lease call: waiters re-check against the new state, whatever the outcome."""
+        st.renewing = False
+        woken, st.renewed = st.renewed, asyncio.Event()
+        woken.set()
 
 
 def build_budget_guard(

@@ -142,6 +142,7 @@ class Metering:
             cost_usd=cost_usd(gpu_seconds, rate),
             cloud_cost_usd=cloud,
             trace_id=_trace_id(span),
+            span_id=_span_id(span),
         )
         self.metrics.observe(
             record, policy.feature_label(feature), policy.model_label(model), outcome.mean_itl_s
@@ -161,6 +162,12 @@ def _trace_id(span: Span | None) -> str | None:
         return None
     ctx = span.get_span_context()
     return format(ctx.trace_id, "032x") if ctx.is_valid else None
+
+
+def _span_id(span: Span | None) -> str | None:
+    # Lets the control plane open its ingest span as a child of this request's span.
+    ctx = span.get_span_context() if span is not None else None
+    return format(ctx.span_id, "016x") if ctx is not None and ctx.is_valid else None
 
 
 def _annotate(span: Span, record: UsageRecord, outcome: Outcome) -> None:

@@ -81,27 +81,54 @@ class SidecarMetrics:
             ["feature"],
             registry=registry,
         )
+        self._series: dict[tuple[str, str], _Series] = {}
+        self._requests: dict[tuple[str, str, str], Counter] = {}
 
     def observe(
         self, record: UsageRecord, feature: str, model: str, mean_itl_s: float | None
     ) -> None:
         """Account one finished request; `feature` / `model` are already bounded label values."""
-        self.requests.labels(feature, model, record.status).inc()
+        series = self._series.get((feature, model))
+        if series is None:
+            series = self._series[(feature, model)] = _Series(self, feature, model)
+        status = self._requests.get((feature, model, record.status))
+        if status is None:
+            status = self.requests.labels(feature, model, record.status)
+            self._requests[(feature, model, record.status)] = status
+        status.inc()
         if record.input_tokens:
-            self.tokens.labels(feature, model, "input").inc(record.input_tokens)
+            series.input.inc(record.input_tokens)
         if record.cached_input_tokens:
-            self.tokens.labels(feature, model, "cached_input").inc(record.cached_input_tokens)
+            series.cached.inc(record.cached_input_tokens)
         if record.output_tokens:
-            self.tokens.labels(feature, model, "output").inc(record.output_tokens)
+            series.output.inc(record.output_tokens)
         if record.gpu_seconds:
-            self.gpu_seconds.labels(feature, model).inc(record.gpu_seconds)
+            series.gpu.inc(record.gpu_seconds)
         if record.cost_usd:
-            self.cost_usd.labels(feature, model).inc(record.cost_usd)
+            series.cost.inc(record.cost_usd)
         if record.cloud_cost_usd:
-            self.cloud_cost_usd.labels(feature, model).inc(record.cloud_cost_usd)
+            series.cloud.inc(record.cloud_cost_usd)
         if record.ttft_ms is not None:
-            self.ttft.labels(feature, model).observe(record.ttft_ms / 1000.0)
+            series.ttft.observe(record.ttft_ms / 1000.0)
         if mean_itl_s is not None:
-            self.itl.labels(feature, model).observe(mean_itl_s)
+            series.itl.observe(mean_itl_s)
         if not record.status.startswith("rejected:"):
-            self.e2e.labels(feature, model).observe(record.e2e_ms / 1000.0)
+            series.e2e.observe(record.e2e_ms / 1000.0)
+
+
+class _Series:
+    """The labelled children of one (feature, model): `labels()` validates and locks on every
+    call, so the request path looks them up once and keeps them (both labels are bounded)."""
+
+    __slots__ = ("cached", "cloud", "cost", "e2e", "gpu", "input", "itl", "output", "ttft")
+
+    def __init__(self, m: SidecarMetrics, feature: str, model: str) -> None:
+        self.input = m.tokens.labels(feature, model, "input")
+        self.cached = m.tokens.labels(feature, model, "cached_input")
+        self.output = m.tokens.labels(feature, model, "output")
+        self.gpu = m.gpu_seconds.labels(feature, model)
+        self.cost = m.cost_usd.labels(feature, model)
+        self.cloud = m.cloud_cost_usd.labels(feature, model)
+        self.ttft = m.ttft.labels(feature, model)
+        self.itl = m.itl.labels(feature, model)
+        self.e2e = m.e2e.labels(feature, model)

@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from gpuledger.contracts import PolicySnapshot
 from sidecar.policy import PolicyStore
 from sidecar.settings import Settings
+from sidecar.tracing import with_current_trace
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,8 @@ class PolicySync:
             registry=registry,
         )
         self._m_updates = Counter(
-            "gpuledger_policy_updates", "Policy snapshots accepted from the control plane",
+            "gpuledger_policy_updates",
+            "Policy snapshots accepted from the control plane",
             registry=registry,
         )
 
@@ -76,10 +78,14 @@ class PolicySync:
         """Load the last good snapshot from disk, try one fetch, then sync in the background."""
         self._started_at = time.time()
         if not self.store.loaded and self.store.load_last_good():
-            path = self.store.state_path
-            assert path is not None
+            log.info(
+                "serving last good policy version %s until the control plane answers",
+                self.store.version,
+            )
+        path = self.store.state_path
+        if self.store.loaded and path is not None and path.exists():
+            # Loaded from disk (here or by the app's lifespan): it was current when written.
             self.confirmed_at = path.stat().st_mtime
-            log.info("serving last good policy version %s from %s", self.store.version, path)
         self._session = aiohttp.ClientSession(timeout=self._timeout)
         await self.sync_once()
         self._task = asyncio.create_task(self._run(), name="gpuledger-policy-sync")
@@ -110,7 +116,7 @@ class PolicySync:
     async def sync_once(self) -> bool:
         """One fetch. True when the control plane answered with a usable policy (200 or 304)."""
         assert self._session is not None, "policy sync not started"
-        headers = dict(self._headers)
+        headers = with_current_trace(self._headers)
         if self.store.loaded:
             headers["If-None-Match"] = f'"{self.store.version}"'
         try:

@@ -205,7 +205,8 @@ class Proxy:
                 prompt_head(body, soft.advisor.head_bytes),
                 prompt_est,
             )
-        watch = DisconnectWatch()
+        task = asyncio.current_task()
+        watch = DisconnectWatch(task)
         watcher = asyncio.ensure_future(receive())
         watcher.add_done_callback(watch)
         try:
@@ -214,12 +215,21 @@ class Proxy:
                 request_id=request_id, t0=t0, prompt_est=prompt_est, drop_usage=drop_usage,
                 stream=stream, op=op, fanout=fanout_of(body),
             )  # fmt: skip
+        except asyncio.CancelledError:
+            if not watch.gone or task is None:
+                raise  # not ours: the server is shutting down
+            task.uncancel()  # our own abort of the upstream call (see DisconnectWatch)
+            outcome.status = "cancelled"
+            if op != "other":
+                outcome.input_tokens, outcome.estimated = prompt_est, True
         finally:
             watch.finished = True
             watcher.cancel()
             in_flight.dec()
             if outcome.estimated:
                 actions.append("estimated_tokens")
+            if outcome.response_model is None and op != "other":
+                outcome.response_model = model  # streams: vLLM answers with the served name
             record = await c.metering.finish(
                 request_id=request_id, policy=policy, key_id=key.id, feature=feature_name,
                 model=model, engine=engine, started_at=started_at, t0=t0, outcome=outcome,
@@ -256,7 +266,11 @@ class Proxy:
         if scope.get("query_string"):
             url += "?" + scope["query_string"].decode("latin-1")
         try:
-            resp = await c.http().request(scope["method"], url, data=payload, headers=up_headers)
+            try:
+                resp = await c.http().request(scope["method"], url, data=payload, headers=up_headers)
+            except aiohttp.ServerDisconnectedError:
+                # A pooled connection the engine closed as we reused it: it saw no request.
+                resp = await c.http().request(scope["method"], url, data=payload, headers=up_headers)
         except TimeoutError:
             outcome.status = "upstream_error"
             await send_error(send, _timeout(), extra)

@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     # Longest silence between two upstream reads (a stalled engine), not the whole request.
     read_timeout_s: float = 300.0
     upstream_max_connections: int = 1024
+    # Idle pooled connections are dropped after this: shorter than the engine's own keep-alive
+    # (vLLM/uvicorn: 5 s), so the sidecar never reuses one the engine is closing.
+    upstream_keepalive_s: float = 4.0
 
     # --- request limits ------------------------------------------------------------------
     max_body_bytes: int = 1024 * 1024

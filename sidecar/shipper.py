@@ -30,6 +30,7 @@ from gpuledger.contracts import UsageRecord
 from sidecar.hooks import Admission, RequestContext
 from sidecar.settings import Settings
 from sidecar.spool import Spool, SpoolEntry, SpoolFull
+from sidecar.tracing import with_current_trace
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,8 @@ class Shipper:
         # The payloads are already JSON: splice them instead of re-serializing.
         body = b'{"records":[' + b",".join(e.payload for e in entries) + b"]}"
         try:
-            async with self._session.post(self.url, data=body, headers=self._headers) as resp:
+            headers = with_current_trace(self._headers)
+            async with self._session.post(self.url, data=body, headers=headers) as resp:
                 text = await resp.text() if resp.status >= 300 else ""
                 return resp.status, text
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -163,17 +165,38 @@ class Shipper:
 
 
 class SpoolSink:
-    """UsageSink of control-plane mode: `write` returns once the record is durable on disk."""
+    """UsageSink of control-plane mode: `write` returns once the record is durable on disk.
 
-    def __init__(self, spool: Spool, shipper: Shipper) -> None:
+    One exception keeps the bound a bound: while the spool is full, records of *refused*
+    requests (status ``rejected:*``, no GPU time, no spend) are counted in
+    `gpuledger_usage_rejections_unspooled_total` instead of spooled, or a flood of refusals
+    during an outage would grow the spool without limit. Every admitted request's record is kept.
+    """
+
+    def __init__(
+        self, spool: Spool, shipper: Shipper, registry: CollectorRegistry | None = None
+    ) -> None:
         self.spool = spool
         self.shipper = shipper
+        self._warned = False
+        self._m_unspooled = Counter(
+            "gpuledger_usage_rejections_unspooled",
+            "Records of refused requests counted here instead of spooled while the spool was full",
+            registry=registry if registry is not None else CollectorRegistry(),
+        )
 
     async def start(self) -> None:
         await self.spool.open()
         await self.shipper.start()
 
     async def write(self, record: UsageRecord) -> None:
+        if self.spool.full and record.status.startswith("rejected"):
+            self._m_unspooled.inc()
+            if not self._warned:
+                self._warned = True
+                log.warning("usage spool full: counting refused requests instead of spooling")
+            return
+        self._warned = False
         await self.spool.append(record)
 
     async def close(self) -> None:
@@ -243,7 +266,7 @@ def build_spool_sink(settings: Settings, registry: CollectorRegistry) -> SpoolSi
         backoff_cap_s=settings.ship_backoff_cap_s,
         registry=registry,
     )
-    return SpoolSink(spool, shipper)
+    return SpoolSink(spool, shipper, registry)
 
 
 def build_spool_guard(

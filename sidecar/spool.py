@@ -180,7 +180,8 @@ class Spool:
             rows = [(ts, payload) for payload, ts, _ in batch]
             try:
                 await self._run(self._insert_sync, rows)
-            except Exception as exc:  # a full disk: every waiter learns it, nothing is lost silently
+            except Exception as exc:
+                # A full disk: every waiter learns it (nothing is lost silently).
                 log.error("usage spool append failed: %s", exc)
                 for _, _, fut in batch:
                     if not fut.done():

@@ -53,6 +53,15 @@ def inject_headers(span: Span, headers: dict[str, str]) -> None:
     _PROPAGATOR.inject(headers, context=trace.set_span_in_context(span))
 
 
+def with_current_trace(headers: dict[str, str]) -> dict[str, str]:
+    """`headers` plus `traceparent` of the current span, if there is one. Calls to the control
+    plane from background tasks have none (their records carry the trace instead); a call made
+    inside a span (a flush on request, a test) continues it."""
+    out = dict(headers)
+    _PROPAGATOR.inject(out)
+    return out
+
+
 def trace_id_hex(span: Span) -> str | None:
     ctx = span.get_span_context()
     return format(ctx.trace_id, "032x") if ctx.is_valid else None

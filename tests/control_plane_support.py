@@ -46,16 +46,21 @@ def cp_settings(database_url: str, **overrides: Any) -> Settings:
 
 
 @contextmanager
-def run_control_plane(settings: Settings) -> Iterator[str]:
+def run_control_plane(settings: Settings, *, span_exporter: Any = None) -> Iterator[str]:
     """Serve `create_app(settings)` with uvicorn in a thread on a free port (migrations are
-    applied on start); yields the base URL and stops the server on exit."""
+    applied on start); yields the base URL and stops the server on exit. `span_exporter`: an
+    in-memory exporter for the app's spans (tracing tests)."""
     import uvicorn
 
     from control_plane.app import create_app
 
     port = free_port()
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+        create_app(settings, span_exporter=span_exporter),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"control-plane-{port}", daemon=True)

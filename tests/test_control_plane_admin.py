@@ -173,6 +173,8 @@ def test_ops_endpoints_and_openapi(control_plane: str) -> None:
         "/api/v1/alerts",
     ):
         assert path in paths
+    lease_body = paths["/api/v1/sidecar/leases"]["post"]["requestBody"]["content"]
+    assert set(lease_body["application/json"]["examples"]) == {"renew", "release"}
     schemas = spec["components"]["schemas"]
     assert schemas["BudgetIn"]["examples"][0]["gpu_hours"] == 10
     assert "ErrorBody" in schemas

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
+import httpx
 import pytest
 from sqlalchemy import inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from control_plane import db
-from tests.control_plane_support import db_url_fixture
+from tests.control_plane_support import (
+    admin_client,
+    cp_settings,
+    db_url_fixture,
+    run_control_plane,
+    sidecar_client,
+    sqlite_url,
+)
 
 __all__ = ["db_url_fixture"]
 
@@ -76,3 +87,22 @@ async def test_sqlite_pragmas_and_directory(url: str, tmp_path: object) -> None:
         assert (mode, fks, timeout) == ("wal", 1, 30_000)
     finally:
         await engine.dispose()
+
+
+def test_sqlite_reads_do_not_wait_for_the_writer(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path)
+    with run_control_plane(cp_settings(url, sqlite_busy_timeout_ms=2000)) as base_url:
+        writer = sqlite3.connect(url.split("///", 1)[1], isolation_level=None)
+        try:
+            writer.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+            with sidecar_client(base_url) as client:
+                assert client.get("/api/v1/sidecar/policy").status_code == 200
+            with admin_client(base_url) as client:
+                assert client.get("/api/v1/reports/cost").status_code == 200
+                assert client.get("/api/v1/budgets").status_code == 200
+                # a write waits for the lock and fails after the busy timeout
+                with pytest.raises(httpx.HTTPError):
+                    client.post("/api/v1/features", json={"name": "x"}, timeout=1.0)
+        finally:
+            writer.execute("ROLLBACK")
+            writer.close()

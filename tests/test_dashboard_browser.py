@@ -20,6 +20,8 @@ from tests.conftest import free_port
 from tests.control_plane_support import (
     ADMIN_TOKEN,
     cp_settings,
+    make_record,
+    post_usage,
     run_control_plane,
     seed_policy,
     seed_usage,
@@ -29,6 +31,7 @@ from tests.control_plane_support import (
 pytestmark = pytest.mark.browser
 
 CHROMIUM = "/usr/bin/chromium"
+REFRESH_S = 4
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts" / "dashboard"
 CHROMIUM_ARGS = [
@@ -62,6 +65,7 @@ def dashboard_url(
         **os.environ,
         "GPULEDGER_CONTROL_PLANE_URL": seeded[0],
         "GPULEDGER_ADMIN_TOKEN": ADMIN_TOKEN,
+        "GPULEDGER_DASHBOARD_REFRESH_SECONDS": str(REFRESH_S),
         "HOME": str(tmp_path_factory.mktemp("home")),  # no ~/.streamlit from the developer
     }
     env.pop("GPULEDGER_DASHBOARD_PASSWORD", None)
@@ -128,5 +132,29 @@ def test_every_page_in_chromium(dashboard_url: str, seeded: tuple[str, list[Usag
                 expect(page.get_by_text("Page not found")).to_have_count(0)
                 page.screenshot(path=str(ARTIFACTS / f"{path or 'budgets'}.png"), full_page=True)
             assert not errors, errors
+        finally:
+            browser.close()
+
+
+def test_pages_refresh_by_themselves(
+    dashboard_url: str, seeded: tuple[str, list[UsageRecord]]
+) -> None:
+    """New usage shows up on an open page without a reload (the page body is a fragment that
+    reruns every GPULEDGER_DASHBOARD_REFRESH_SECONDS)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    url, records = seeded
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1200})
+            page.goto(f"{dashboard_url}/usage")
+            expect(page.get_by_text(f"{len(records):,}", exact=True).first).to_be_visible(
+                timeout=60_000
+            )
+            post_usage(url, [make_record(feature="summarizer") for _ in range(7)])
+            expect(page.get_by_text(f"{len(records) + 7:,}", exact=True).first).to_be_visible(
+                timeout=REFRESH_S * 1000 * 5
+            )
         finally:
             browser.close()

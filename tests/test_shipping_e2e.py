@@ -153,7 +153,9 @@ def test_outage_then_recovery_lands_exactly_500(tmp_path: Path, engine_url: str)
     assert landed(db_path, "sidecar-outage") == (500, 500)
 
 
-def start_sidecar_process(port: int, cp_port: int, state_dir: Path, engine_url: str) -> subprocess.Popen[bytes]:
+def start_sidecar_process(
+    port: int, cp_port: int, state_dir: Path, engine_url: str
+) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     env.update(
         GPULEDGER_SIDECAR_ID="sidecar-killed",
@@ -214,3 +216,37 @@ def test_sigkill_after_responses_ships_everything_on_restart(
             proc.terminate()
             proc.wait(timeout=30)
     assert landed(db_path, "sidecar-killed") == (40, 40)
+
+
+def test_full_spool_refuses_new_requests_with_503(tmp_path: Path, engine_url: str) -> None:
+    """Control plane unreachable and the spool at its bound: new requests get 503
+    `usage_spool_full` in the OpenAI envelope; nothing already served is dropped."""
+    from tests.sidecar_support import DEV_SECRET, dev_snapshot
+
+    policy = tmp_path / "policy.json"
+    policy.write_text(dev_snapshot(engine_url).model_dump_json())
+    settings = SidecarSettings(
+        sidecar_id="sidecar-full",
+        policy_file=policy,
+        control_plane_url=f"http://127.0.0.1:{free_port()}",  # nothing listens
+        control_plane_token=SIDECAR_TOKEN,
+        state_dir=tmp_path / "sidecar",
+        upstream_url=engine_url,
+        tracing_enabled=False,
+        engine_watch_enabled=False,
+        spool_max_records=5,
+    )
+    with run_sidecar(settings) as url:
+        serve_requests(url, DEV_SECRET, 5)
+        wait_until(lambda: metric(url, "gpuledger_spool_backlog_records") == 5, 10, "spool")
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=DEV_SECRET, max_retries=0)
+        with pytest.raises(openai.APIStatusError) as err:
+            client.completions.create(model="tiny", prompt="one more", max_tokens=1)
+        assert err.value.status_code == 503
+        assert err.value.code == "usage_spool_full"
+        assert err.value.response.headers["retry-after"]
+        assert metric(url, "gpuledger_spool_full_refusals_total") == 1
+        # The served requests are kept; the refusal (no spend) is counted, not spooled, so the
+        # bound holds however many requests are refused.
+        assert metric(url, "gpuledger_usage_rejections_unspooled_total") == 1
+        assert metric(url, "gpuledger_spool_backlog_records") == 5

@@ -6,6 +6,9 @@ by itself. Its behaviour in front of the real engine is in test_sidecar_proxy.py
 
 from __future__ import annotations
 
+import socket
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -13,9 +16,12 @@ import pytest
 
 from gpuledger.cli import build_parser
 from gpuledger.contracts import UsageRecord
+from sidecar.app import create_app
+from sidecar.policy import PolicyStore
 from sidecar.settings import Settings
+from sidecar.sinks import MemorySink
 from tests.conftest import free_port
-from tests.sidecar_support import DEV_POLICY, DEV_SECRET, run_sidecar
+from tests.sidecar_support import DEV_POLICY, DEV_SECRET, dev_snapshot, run_sidecar
 
 AUTH = {"authorization": f"Bearer {DEV_SECRET}"}
 
@@ -57,3 +63,79 @@ def test_cli_registers_the_sidecar_command(capsys: pytest.CaptureFixture[str]) -
         build_parser().parse_args(["sidecar", "--help"])
     assert exit_.value.code == 0
     assert "--policy-file" in capsys.readouterr().out
+
+
+def test_chunked_body_over_the_limit_is_413_while_reading(tmp_path: Path) -> None:
+    def body() -> object:
+        yield b'{"model":"tiny","pad":"'
+        for _ in range(40):
+            yield b"x" * 1024
+        yield b'"}'
+
+    settings = _settings(tmp_path, policy_file=DEV_POLICY, max_body_bytes=16 * 1024)
+    with run_sidecar(settings) as url:
+        resp = httpx.post(f"{url}/v1/chat/completions", content=body(), headers=AUTH)  # type: ignore[arg-type]
+        assert resp.status_code == 413
+        assert resp.json()["error"]["code"] == "request_too_large"
+
+
+class StalledEngine:
+    """A listener that reads requests and never answers: a hung engine, which the real vLLM can't
+    be made into on demand (a stand-in for that one failure only). Keeps what it received."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        self.received = b""
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn = self.server.accept()[0]
+            except OSError:
+                return
+            self.conns.append(conn)
+            threading.Thread(target=self._read, args=(conn,), daemon=True).start()
+
+    def _read(self, conn: socket.socket) -> None:
+        while True:
+            try:
+                data = conn.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            self.received += data
+
+    def close(self) -> None:
+        self.server.close()
+        for conn in self.conns:
+            conn.close()
+
+
+@pytest.fixture
+def stalled_engine() -> Iterator[StalledEngine]:
+    engine = StalledEngine()
+    yield engine
+    engine.close()
+
+
+def test_silent_engine_times_out_with_504(tmp_path: Path, stalled_engine: StalledEngine) -> None:
+    store = PolicyStore(None)
+    store.replace(dev_snapshot(stalled_engine.url))
+    sink = MemorySink()
+    settings = _settings(tmp_path, read_timeout_s=0.5)
+    with run_sidecar(app=create_app(settings, policy_store=store, sink=sink)) as url:
+        trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+        parent = f"00-{trace_id}-00f067aa0ba902b7-01"
+        resp = httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "x"},
+                          headers={**AUTH, "traceparent": parent}, timeout=10)  # fmt: skip
+        assert resp.status_code == 504
+        assert resp.json()["error"]["code"] == "upstream_timeout"
+        assert sink.wait_for(1)[0].status == "upstream_error"
+    # The engine saw the caller's trace, with the sidecar's span as parent, and not the key.
+    sent = stalled_engine.received.decode("latin-1").lower()
+    assert f"traceparent: 00-{trace_id}-" in sent and parent not in sent
+    assert DEV_SECRET.lower() not in sent and "authorization" not in sent

@@ -99,7 +99,7 @@ def store_with_budget(hard_action: str = "reject", used: float = 0.0) -> PolicyS
                     period_end=PERIOD_END,
                     limit_gpu_seconds=10.0,
                     used_gpu_seconds=used,
-                    hard_action=hard_action,  # type: ignore[arg-type]
+                    hard_action=hard_action,
                 )
             ],
         ),
@@ -109,7 +109,9 @@ def store_with_budget(hard_action: str = "reject", used: float = 0.0) -> PolicyS
 
 
 def ctx(feature: str = "chat", prompt: int = 10, max_out: int = 10) -> RequestContext:
-    key = KeyPolicy(id="k", name="k", key_hash="0" * 64, features=[feature], default_feature=feature)
+    key = KeyPolicy(
+        id="k", name="k", key_hash="0" * 64, features=[feature], default_feature=feature
+    )
     return RequestContext(
         request_id="r",
         key=key,
@@ -274,13 +276,13 @@ async def test_fail_open_within_staleness_then_closed(leases: LeaseStandIn) -> N
         min_request_gpu_s=1.0,  # a lease smaller than one request
         registry=registry,
     )
+    leases.limit = 1.0  # a lease (and budget) smaller than one request's estimate
     await g.start()
     with pytest.raises(RateLimited):
-        await g.admit(ctx())  # the lease is too small: this makes a renewal due
+        await g.admit(ctx())
     leases.up = False
-    await asyncio.sleep(0.15)
-    await g.renew_due()  # the renewal fails: control plane "unreachable"
     st = g.features["chat"]
+    await g._call(st)  # the next renewal fails: control plane "unreachable"
     assert st.failing
     assert await g.admit(ctx()) is not None  # fail-open
     assert registry.get_sample_value("gpuledger_budget_fail_open_total", {"feature": "chat"}) == 1
@@ -293,13 +295,15 @@ async def test_fail_open_within_staleness_then_closed(leases: LeaseStandIn) -> N
 
 
 async def test_fail_closed_refuses_when_unreachable(leases: LeaseStandIn) -> None:
-    g = guard(store_with_budget(), leases.url, tick_s=3600, fail_mode="closed", min_request_gpu_s=1.0)
+    g = guard(
+        store_with_budget(), leases.url, tick_s=3600, fail_mode="closed", min_request_gpu_s=1.0
+    )
+    leases.limit = 1.0
     await g.start()
     with pytest.raises(RateLimited):
         await g.admit(ctx())
     leases.up = False
-    await asyncio.sleep(0.15)
-    await g.renew_due()
+    await g._call(g.features["chat"])
     assert g.features["chat"].failing
     with pytest.raises(RateLimited):
         await g.admit(ctx())
@@ -324,3 +328,22 @@ async def test_two_sidecars_share_one_budget(leases: LeaseStandIn) -> None:
     assert g1.features["chat"].granted + g2.features["chat"].granted <= 5.0
     await g1.close()
     await g2.close()
+
+
+async def test_burst_beyond_the_lease_waits_for_the_renewal(leases: LeaseStandIn) -> None:
+    leases.limit = 20.0
+    g = guard(
+        store_with_budget(), leases.url, tick_s=3600, min_request_gpu_s=10.0, lease_wait_s=5.0
+    )
+    await g.start()
+    assert g.features["chat"].granted == 10.0  # covers 8 estimates of 1.25
+    admitted = await asyncio.gather(*(g.admit(ctx()) for _ in range(12)))
+    assert all(isinstance(a, BudgetAdmission) for a in admitted)
+    st = g.features["chat"]
+    assert st.granted == 20.0  # the renewal asked for the 4 waiting requests too
+    assert st.reserved == pytest.approx(15.0)
+    assert st.waiting == 0.0
+    # Beyond the budget itself, a burst is refused after the wait, not admitted.
+    with pytest.raises(RateLimited):
+        await asyncio.wait_for(asyncio.gather(*(g.admit(ctx()) for _ in range(5))), timeout=10)
+    await g.close()

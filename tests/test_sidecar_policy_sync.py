@@ -100,12 +100,16 @@ async def test_fetches_then_uses_etag_and_persists(tmp_path: Path, control_plane
     control_plane.policy = snapshot("2")
     await asyncio.sleep(0.3)
     assert store.version == "2"
-    assert PolicySnapshot.model_validate_json((tmp_path / "policy.json").read_bytes()).version == "2"
+    assert (
+        PolicySnapshot.model_validate_json((tmp_path / "policy.json").read_bytes()).version == "2"
+    )
     assert registry.get_sample_value("gpuledger_policy_updates_total") == 2
     await sync.close()
 
 
-async def test_bad_answers_keep_the_last_good_policy(tmp_path: Path, control_plane: StandIn) -> None:
+async def test_bad_answers_keep_the_last_good_policy(
+    tmp_path: Path, control_plane: StandIn
+) -> None:
     registry = CollectorRegistry()
     store = PolicyStore(tmp_path)
     sync = PolicySync(
@@ -161,3 +165,38 @@ async def test_never_synced_ages_from_start(tmp_path: Path) -> None:
     age = registry.get_sample_value("gpuledger_policy_age_seconds")
     assert age is not None and age >= 0.2
     await sync.close()
+
+
+async def test_real_control_plane_etag_and_updates(tmp_path: Path) -> None:
+    from tests.control_plane_support import (
+        SIDECAR_TOKEN,
+        admin_client,
+        cp_settings,
+        run_control_plane,
+        sqlite_url,
+    )
+
+    with run_control_plane(cp_settings(sqlite_url(tmp_path))) as cp_url:
+        with admin_client(cp_url) as admin:
+            admin.post("/api/v1/features", json={"name": "chat", "owner": "t"}).raise_for_status()
+            secret = admin.post("/api/v1/keys", json={"name": "k", "features": ["chat"]}).json()[
+                "secret"
+            ]
+        registry = CollectorRegistry()
+        store = PolicyStore(tmp_path / "state")
+        sync = PolicySync(
+            store, control_plane_url=cp_url, token=SIDECAR_TOKEN, interval_s=3600, registry=registry
+        )
+        await sync.start()
+        first = store.version
+        assert store.current.key_for_secret(secret) is not None
+        assert await sync.sync_once()  # unchanged: a 304, no new snapshot
+        assert registry.get_sample_value("gpuledger_policy_updates_total") == 1
+        with admin_client(cp_url) as admin:
+            admin.post("/api/v1/features", json={"name": "other", "owner": "t"}).raise_for_status()
+        assert await sync.sync_once()
+        assert store.version != first and "other" in store.current.features
+        assert registry.get_sample_value("gpuledger_policy_updates_total") == 2
+        await sync.close()
+    state = (tmp_path / "state" / "policy.json").read_bytes()
+    assert secret.encode() not in state

@@ -229,6 +229,22 @@ def test_abandoned_stream_is_cancelled_metered_and_aborted(
     assert _engine_counters(engine_url)["vllm:request_success_total"] == before
 
 
+def test_abandoned_plain_request_is_cancelled(sidecar: Sidecar, engine_url: str) -> None:
+    body = {"model": "tiny", "messages": CHAT, "max_tokens": 450, "ignore_eos": True}
+    seen = len(sidecar.sink.records)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{sidecar.url}/v1/chat/completions", json=body, timeout=0.3,
+                   headers={"authorization": f"Bearer {DEV_SECRET}", "x-feature": "long"})  # fmt: skip
+    record = sidecar.sink.wait_for(seen + 1)[seen]
+    # No usage comes back for an aborted plain request: the tokens it generated are unknown.
+    assert record.status == "cancelled" and record.output_tokens == 0
+    assert record.input_tokens > 0 and "estimated_tokens" in record.guardrail_actions
+    deadline = time.monotonic() + 120
+    while _engine_counters(engine_url)["vllm:num_requests_running"] > 0:
+        assert time.monotonic() < deadline, "the engine kept running the abandoned request"
+        time.sleep(0.2)
+
+
 # --- guardrails -------------------------------------------------------------------------------
 
 

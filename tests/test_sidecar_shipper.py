@@ -137,7 +137,9 @@ async def test_unreachable_control_plane_keeps_records_spooled(tmp_path: Path) -
     await sink.start()
     for i in range(5):
         await sink.write(record(i))
-    await wait_for(lambda: (registry.get_sample_value("gpuledger_usage_ship_failures_total") or 0) >= 2)
+    await wait_for(
+        lambda: (registry.get_sample_value("gpuledger_usage_ship_failures_total") or 0) >= 2
+    )
     await sink.close()
     assert spool.backlog_records == 5  # nothing acked, nothing dropped
 
@@ -194,3 +196,50 @@ async def test_restart_ships_what_a_previous_run_left(
     await wait_for(lambda: spool2.backlog_records == 0)
     assert len(control_plane.received) == 30
     await sink2.close()
+
+
+async def test_real_control_plane_poison_record_is_dead_lettered(tmp_path: Path) -> None:
+    """Against the real control plane: a record it can't validate (422) is isolated, the rest
+    land exactly once."""
+    from tests.control_plane_support import (
+        SIDECAR_TOKEN,
+        cp_settings,
+        run_control_plane,
+        sqlite_url,
+    )
+
+    with run_control_plane(cp_settings(sqlite_url(tmp_path))) as cp_url:
+        registry = CollectorRegistry()
+        spool = Spool(tmp_path / "spool.db", registry=registry)
+        shipper = Shipper(
+            spool, control_plane_url=cp_url, token=SIDECAR_TOKEN, registry=registry,
+            backoff_base_s=0.01, backoff_cap_s=0.05, linger_s=0.01,
+        )  # fmt: skip
+        await spool.open()
+        for i in range(20):
+            await spool.append(record(i))
+            if i == 9:  # not a UsageRecord: no feature, model, upstream or started_at
+                await spool.append_payload(b'{"id": "poison-1"}')
+        await shipper.start()
+        await wait_for(lambda: spool.backlog_records == 0, 30)
+        await shipper.close()
+        await spool.close()
+        dead = [orjson.loads(line) for line in spool.dead_letter_path.read_bytes().splitlines()]
+        assert [orjson.loads(d["payload"])["id"] for d in dead] == ["poison-1"]
+        assert registry.get_sample_value("gpuledger_usage_shipped_total") == 20
+
+
+async def test_full_spool_keeps_admitted_records_and_counts_refusals(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    spool = Spool(tmp_path / "spool.db", max_records=2)
+    shipper = Shipper(spool, control_plane_url=f"http://127.0.0.1:{free_port()}", token=TOKEN)
+    sink = SpoolSink(spool, shipper, registry)
+    await spool.open()  # the shipper is not started: nothing drains
+    for i in range(2):
+        await sink.write(record(i))
+    assert spool.full
+    await sink.write(record(2).model_copy(update={"status": "rejected:usage_spool_full"}))
+    await sink.write(record(3))  # admitted before the spool filled: kept past the bound
+    assert spool.backlog_records == 3
+    assert registry.get_sample_value("gpuledger_usage_rejections_unspooled_total") == 1
+    await spool.close()

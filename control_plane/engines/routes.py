@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, status
 
-from control_plane.deps import AdminDep, SessionDep
+from control_plane.deps import AdminDep, ReadSessionDep, SessionDep
 from control_plane.engines import service
 from control_plane.engines.repository import EngineRepository
 from control_plane.engines.schemas import EngineIn, EngineOut
@@ -18,12 +18,12 @@ EngineName = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 
 
 @router.get("")
-async def list_engines(session: SessionDep, _: AdminDep) -> list[EngineOut]:
+async def list_engines(session: ReadSessionDep, _: AdminDep) -> list[EngineOut]:
     return [EngineOut.model_validate(e) for e in await EngineRepository(session).list()]
 
 
 @router.get("/{name}", responses=_404)
-async def get_engine(name: EngineName, session: SessionDep, _: AdminDep) -> EngineOut:
+async def get_engine(name: EngineName, session: ReadSessionDep, _: AdminDep) -> EngineOut:
     return EngineOut.model_validate(await service.get(session, name))
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, status
 
-from control_plane.deps import AdminDep, SessionDep
+from control_plane.deps import AdminDep, ReadSessionDep, SessionDep
 from control_plane.errors import ERROR_RESPONSES, ErrorBody
 from control_plane.features import service
 from control_plane.features.repository import FeatureRepository
@@ -29,7 +29,7 @@ async def create_feature(body: FeatureCreate, session: SessionDep, _: AdminDep) 
 
 
 @router.get("")
-async def list_features(session: SessionDep, _: AdminDep, page: PageDep) -> Page[FeatureOut]:
+async def list_features(session: ReadSessionDep, _: AdminDep, page: PageDep) -> Page[FeatureOut]:
     rows, total = await FeatureRepository(session).list(page.limit, page.offset)
     return Page[FeatureOut](
         items=[FeatureOut.model_validate(r) for r in rows],
@@ -40,7 +40,7 @@ async def list_features(session: SessionDep, _: AdminDep, page: PageDep) -> Page
 
 
 @router.get("/{name}", responses=_404)
-async def get_feature(name: str, session: SessionDep, _: AdminDep) -> FeatureOut:
+async def get_feature(name: str, session: ReadSessionDep, _: AdminDep) -> FeatureOut:
     return FeatureOut.model_validate(await service.get(session, name))
 
 

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, status
 
-from control_plane.deps import AdminDep, SessionDep
+from control_plane.deps import AdminDep, ReadSessionDep, SessionDep
 from control_plane.errors import ERROR_RESPONSES, ErrorBody
 from control_plane.keys import service
 from control_plane.keys.repository import KeyRepository
@@ -32,7 +32,7 @@ async def create_key(body: KeyCreate, session: SessionDep, _: AdminDep) -> KeyWi
 
 @router.get("")
 async def list_keys(
-    session: SessionDep,
+    session: ReadSessionDep,
     _: AdminDep,
     page: PageDep,
     include_revoked: Annotated[bool, Query()] = True,
@@ -49,7 +49,7 @@ async def list_keys(
 
 
 @router.get("/{key_id}", responses=_404)
-async def get_key(key_id: str, session: SessionDep, _: AdminDep) -> KeyOut:
+async def get_key(key_id: str, session: ReadSessionDep, _: AdminDep) -> KeyOut:
     return KeyOut.model_validate(await service.get(session, key_id))
 
 

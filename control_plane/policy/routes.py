@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Response
 
-from control_plane.deps import SessionDep, SettingsDep, SidecarDep
+from control_plane.deps import ReadSessionDep, SettingsDep, SidecarDep
 from control_plane.errors import ERROR_RESPONSES
 from control_plane.policy.service import build_snapshot
 from gpuledger.contracts import PolicySnapshot
@@ -27,7 +27,7 @@ def _etag_matches(header: str | None, etag: str) -> bool:
     responses={304: {"description": "Unchanged since the ETag sent in If-None-Match"}},
 )
 async def get_policy(
-    session: SessionDep,
+    session: ReadSessionDep,
     settings: SettingsDep,
     _: SidecarDep,
     if_none_match: Annotated[str | None, Header()] = None,

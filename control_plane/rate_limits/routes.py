@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, status
 
-from control_plane.deps import AdminDep, SessionDep
+from control_plane.deps import AdminDep, ReadSessionDep, SessionDep
 from control_plane.errors import ERROR_RESPONSES, ErrorBody
 from control_plane.rate_limits import service
 from control_plane.rate_limits.repository import RateLimitRepository
@@ -28,7 +28,7 @@ async def create_rate_limit(body: RateLimitIn, session: SessionDep, _: AdminDep)
 
 
 @router.get("")
-async def list_rate_limits(session: SessionDep, _: AdminDep) -> list[RateLimitOut]:
+async def list_rate_limits(session: ReadSessionDep, _: AdminDep) -> list[RateLimitOut]:
     return [RateLimitOut.model_validate(r) for r in await RateLimitRepository(session).list()]
 
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from control_plane.deps import AdminDep, SessionDep
+from control_plane.deps import AdminDep, ReadSessionDep
 from control_plane.errors import ERROR_RESPONSES
 from control_plane.pagination import TimeRangeDep
 from control_plane.reports import service
@@ -17,7 +17,7 @@ router = APIRouter(prefix="/api/v1/reports", tags=["reports"], responses=ERROR_R
 
 @router.get("/cost")
 async def cost(
-    session: SessionDep,
+    session: ReadSessionDep,
     _: AdminDep,
     window: TimeRangeDep,
     group_by: Annotated[CostGroup, Query()] = "feature",
@@ -29,7 +29,9 @@ async def cost(
 
 
 @router.get("/utilization")
-async def utilization(session: SessionDep, _: AdminDep, window: TimeRangeDep) -> UtilizationReport:
+async def utilization(
+    session: ReadSessionDep, _: AdminDep, window: TimeRangeDep
+) -> UtilizationReport:
     """Busy (attributed) vs idle GPU-seconds per engine and the break-even utilization against
     the cloud-equivalent price; the window defaults to the last 24 hours."""
     return await service.utilization_report(session, window.start, window.end)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Body, Query
 
-from control_plane.deps import AdminDep, MetricsDep, SessionDep, SidecarDep
+from control_plane.deps import AdminDep, MetricsDep, ReadSessionDep, SessionDep, SidecarDep
 from control_plane.errors import ERROR_RESPONSES
 from control_plane.pagination import Page, PageDep, TimeRangeDep
 from control_plane.usage import service
@@ -17,9 +17,37 @@ from gpuledger.contracts import UsageBatch, UsageBatchAck
 router = APIRouter(prefix="/api/v1/usage", tags=["usage"], responses=ERROR_RESPONSES)
 
 
+_BATCH_EXAMPLE = {
+    "records": [
+        {
+            "id": "019abc2e-7d4f-7c1a-9b3e-5f0d2a8c4e11",
+            "key_id": "key_019abc2e7d4f7c1a",
+            "feature": "support-bot",
+            "model": "llama-3.1-8b",
+            "upstream": "h100-a",
+            "sidecar_id": "sidecar-1",
+            "started_at": "2026-11-27T21:05:33Z",
+            "ttft_ms": 84.0,
+            "e2e_ms": 1210.0,
+            "input_tokens": 512,
+            "cached_input_tokens": 384,
+            "output_tokens": 180,
+            "finish_reason": "stop",
+            "status": "ok",
+            "gpu_seconds": 0.42,
+            "cost_usd": 0.00029,
+            "cloud_cost_usd": 0.00018,
+        }
+    ]
+}
+
+
 @router.post("/batch")
 async def ingest_batch(
-    batch: UsageBatch, session: SessionDep, metrics: MetricsDep, _: SidecarDep
+    batch: Annotated[UsageBatch, Body(openapi_examples={"one record": {"value": _BATCH_EXAMPLE}})],
+    session: SessionDep,
+    metrics: MetricsDep,
+    _: SidecarDep,
 ) -> UsageBatchAck:
     """Store up to 10,000 usage records. Idempotent by record id: a replayed record is
     acknowledged as a duplicate and never counted twice (in records or rollups)."""
@@ -28,7 +56,7 @@ async def ingest_batch(
 
 @router.get("/records")
 async def list_records(
-    session: SessionDep,
+    session: ReadSessionDep,
     _: AdminDep,
     page: PageDep,
     window: TimeRangeDep,
@@ -56,7 +84,7 @@ async def list_records(
 
 @router.get("/summary")
 async def summary(
-    session: SessionDep,
+    session: ReadSessionDep,
     _: AdminDep,
     window: TimeRangeDep,
     feature: Annotated[str | None, Query()] = None,

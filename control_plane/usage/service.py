@@ -8,6 +8,7 @@ duplicates; a crash before commit stores nothing, so the sidecar's retry counts 
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -17,12 +18,18 @@ from control_plane.budgets.periods import floor_minute
 from control_plane.budgets.service import check_alerts
 from control_plane.db import utcnow
 from control_plane.metrics import ControlPlaneMetrics
+from control_plane.models import UsageRecordRow
+from control_plane.tracing import record_ingest_spans
 from control_plane.usage.repository import ROLLUP_KEY, ROLLUP_SUMS, UsageRepository
 from gpuledger.contracts import UsageBatch, UsageBatchAck, UsageRecord
 
+_COLUMNS = frozenset(UsageRecordRow.__table__.columns.keys())
+
 
 def _row(record: UsageRecord, received: Any) -> dict[str, Any]:
-    row = record.model_dump()
+    # Only the ledger's columns: the wire contract grows additively (span_id is for tracing,
+    # see record_ingest_spans), and an unknown key would fail the whole batch.
+    row = {k: v for k, v in record.model_dump().items() if k in _COLUMNS}
     row["received_at"] = received
     return row
 
@@ -46,6 +53,7 @@ def rollup_deltas(records: list[UsageRecord]) -> list[dict[str, Any]]:
 async def ingest(
     session: AsyncSession, batch: UsageBatch, metrics: ControlPlaneMetrics
 ) -> UsageBatchAck:
+    started_ns = time.time_ns()
     unique: dict[str, UsageRecord] = {}
     for record in batch.records:
         unique.setdefault(record.id, record)
@@ -59,6 +67,7 @@ async def ingest(
     await repo.add_to_rollups(rollup_deltas(new))
     await check_alerts(session, {r.feature for r in new})
     await session.commit()
+    record_ingest_spans(ordered, new_ids, started_ns)
     metrics.usage_ingested.inc(len(new))
     metrics.usage_duplicates.inc(len(batch.records) - len(new))
     return UsageBatchAck(accepted=len(new), duplicates=len(batch.records) - len(new))
