@@ -115,7 +115,7 @@ def start_server(db_url: str, port: int) -> subprocess.Popen[bytes]:
 
 
 async def pg_admin(sql: str) -> None:
-    import asyncpg  # type: ignore[import-untyped]
+    import asyncpg
 
     url = os.environ.get(
         "GPULEDGER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"

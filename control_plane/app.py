@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -24,8 +25,10 @@ from control_plane.policy.routes import router as policy_router
 from control_plane.rate_limits.routes import router as rate_limits_router
 from control_plane.reports.routes import router as reports_router
 from control_plane.settings import Settings
-from control_plane.tracing import TracingMiddleware, build_tracer_provider
+from control_plane.tracing import flush_tracing, install_tracing
 from control_plane.usage.routes import router as usage_router
+
+log = logging.getLogger(__name__)
 
 DESCRIPTION = """GPU-hour budgets, keys, features and the usage ledger behind gpuledger sidecars.
 
@@ -51,10 +54,22 @@ def create_app(
             app.state.engine = engine
             app.state.sessionmaker = db.session_factory(engine)
             app.state.read_sessionmaker = db.read_session_factory(engine)
+            for kind, tokens in (
+                ("admin", settings.admin_token_list),
+                ("sidecar", settings.sidecar_token_list),
+            ):
+                if not tokens:
+                    log.warning(
+                        "no %s tokens configured (GPULEDGER_%s_TOKENS): every %s "
+                        "request will get 401",
+                        kind,
+                        kind.upper(),
+                        kind,
+                    )
             yield
         finally:
             await engine.dispose()
-            app.state.tracer_provider.force_flush()  # spans still queued for OTLP go out now
+            flush_tracing(app)
 
     app = FastAPI(
         title="gpuledger control plane", version="1", description=DESCRIPTION, lifespan=lifespan
@@ -63,10 +78,7 @@ def create_app(
     app.state.registry = CollectorRegistry()
     app.state.metrics = ControlPlaneMetrics(app.state.registry)
     install_handlers(app)
-    app.state.tracer_provider = build_tracer_provider(span_exporter)
-    if settings.tracing_enabled:
-        tracer = app.state.tracer_provider.get_tracer("gpuledger.control_plane")
-        app.add_middleware(TracingMiddleware, tracer=tracer)
+    install_tracing(app, settings.tracing_enabled, span_exporter)
     for router in (
         usage_router,
         policy_router,

@@ -282,6 +282,8 @@ class Simulator:
                 return await self._stream(request, req, chat, bool(opts.get("include_usage")))
             await self._wait(req, 0, final=True)
             return self._whole(req, chat)
+        except SimError as exc:
+            return exc.response()
         finally:
             # The client went away (or the handler failed): free the slot like vLLM's abort.
             self.scheduler.cancel(req)

@@ -64,6 +64,7 @@ from sidecar.tracing import inject_headers, parent_context
 
 log = logging.getLogger(__name__)
 
+
 class Proxy:
     """ASGI app mounted on `/v1/{path}`."""
 
@@ -180,18 +181,11 @@ class Proxy:
             await c.metering.finish(
                 request_id=request_id, policy=policy, key_id=key.id, feature=feature_name,
                 model=model, engine=engine, started_at=started_at, t0=t0, outcome=outcome,
-                actions=actions, span=None, admitted=False,
+                actions=actions, span=self._span(scope, headers, op, model), admitted=False,
             )  # fmt: skip
             return
 
-        span = c.tracer.start_span(
-            f"{op} {model}" if op != "other" else f"{scope['method']} {scope['path']}",
-            context=parent_context(
-                header(headers, b"traceparent"), header(headers, b"tracestate")
-            ),
-            kind=SpanKind.SERVER,
-        )
-        span.set_attribute("gen_ai.request.model", model)
+        span = self._span(scope, headers, op, model)
         if op != "other":
             span.set_attribute("gen_ai.operation.name", op)
             span.set_attribute("gen_ai.request.max_tokens", max_out // fanout_of(body))
@@ -237,6 +231,16 @@ class Proxy:
             )  # fmt: skip
             await _settle_all(admissions, record)
 
+    def _span(self, scope: Scope, headers: dict[bytes, bytes], op: str, model: str) -> Span:
+        """The request's span, child of the caller's W3C trace context if it sent one."""
+        span = self.c.tracer.start_span(
+            f"{op} {model}" if op != "other" else f"{scope['method']} {scope['path']}",
+            context=parent_context(header(headers, b"traceparent"), header(headers, b"tracestate")),
+            kind=SpanKind.SERVER,
+        )
+        span.set_attribute("gen_ai.request.model", model)
+        return span
+
     async def _upstream(
         self,
         scope: Scope,
@@ -267,10 +271,14 @@ class Proxy:
             url += "?" + scope["query_string"].decode("latin-1")
         try:
             try:
-                resp = await c.http().request(scope["method"], url, data=payload, headers=up_headers)
+                resp = await c.http().request(
+                    scope["method"], url, data=payload, headers=up_headers
+                )
             except aiohttp.ServerDisconnectedError:
                 # A pooled connection the engine closed as we reused it: it saw no request.
-                resp = await c.http().request(scope["method"], url, data=payload, headers=up_headers)
+                resp = await c.http().request(
+                    scope["method"], url, data=payload, headers=up_headers
+                )
         except TimeoutError:
             outcome.status = "upstream_error"
             await send_error(send, _timeout(), extra)

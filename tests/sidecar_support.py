@@ -20,6 +20,7 @@ from fastapi import FastAPI
 
 from gpuledger.contracts import PolicySnapshot
 from sidecar.policy import load_policy_file
+from sidecar.settings import Settings
 from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,14 +30,12 @@ DEV_SECRET = "glk_dev_local_only_change_me"
 
 @contextlib.contextmanager
 def run_sidecar(
-    settings: object | None = None, *, app: FastAPI | None = None, startup_timeout_s: float = 20.0
+    settings: Settings | None = None, *, app: FastAPI | None = None, startup_timeout_s: float = 20.0
 ) -> Iterator[str]:
     """Serve `app` (or `create_app(settings)`) on 127.0.0.1:<free port>; yields the base URL."""
     if app is None:
         from sidecar.app import create_app
-        from sidecar.settings import Settings
 
-        assert settings is None or isinstance(settings, Settings)
         app = create_app(settings)
     port = free_port()
     config = uvicorn.Config(

@@ -74,3 +74,6 @@ def test_now_is_inside_its_period(naive: datetime, period: str) -> None:
 
 def test_floor_minute() -> None:
     assert floor_minute(T) == datetime(2026, 11, 27, 21, 5, tzinfo=UTC)
+    # naive means UTC, whatever the host's zone
+    assert floor_minute(T.replace(tzinfo=None)) == datetime(2026, 11, 27, 21, 5, tzinfo=UTC)
+    assert period_bounds("day", T.replace(tzinfo=None))[0] == datetime(2026, 11, 27, tzinfo=UTC)

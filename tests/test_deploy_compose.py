@@ -116,7 +116,8 @@ def test_vllm_command_is_rendered_from_profile() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     profile = load_profile("llama-3.1-8b-h100")
     expected = profile.vllm_args(profile.model, "0.0.0.0", 8000)
-    assert [str(a) for a in compose["services"]["vllm"]["command"]] == expected
+    tracing = ["--otlp-traces-endpoint", "grpc://otel-collector:4317"]
+    assert [str(a) for a in compose["services"]["vllm"]["command"]] == expected + tracing
 
 
 def test_mounted_files_exist() -> None:

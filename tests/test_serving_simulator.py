@@ -257,3 +257,16 @@ async def test_client_disconnect_frees_the_slot(http: aiohttp.ClientSession) -> 
         assert _gauge(text, "vllm:kv_cache_usage_perc") == 0
     finally:
         await runner.cleanup()
+
+
+async def test_prompt_larger_than_the_kv_cache_is_aborted(http: aiohttp.ClientSession) -> None:
+    runner, url = await _serve(replace(preset("tiny"), kv_cache_tokens=64))
+    try:
+        async with http.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "word " * 100}) as r:
+            assert r.status == 500 and "KV cache" in (await r.json())["error"]["message"]
+        async with http.get(f"{url}/metrics") as m:
+            text = await m.text()
+        assert 'finished_reason="abort",model_name="tiny"} 1.0' in text
+        assert _gauge(text, "vllm:kv_cache_usage_perc") == 0
+    finally:
+        await runner.cleanup()

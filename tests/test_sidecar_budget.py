@@ -46,6 +46,7 @@ class LeaseStandIn:
     reported: float = 0.0
     up: bool = True
     calls: int = 0
+    period_end: datetime = PERIOD_END
 
     def grant(self, req: dict[str, Any]) -> dict[str, Any]:
         self.calls += 1
@@ -59,7 +60,7 @@ class LeaseStandIn:
             "feature": req["feature"],
             "granted_gpu_seconds": granted,
             "expires_at": (datetime.now(UTC) + timedelta(seconds=30)).isoformat(),
-            "period_end": PERIOD_END.isoformat(),
+            "period_end": self.period_end.isoformat(),
             "exhausted": self.limit - self.used <= 0,
             "hard_action": self.hard_action,
         }
@@ -344,6 +345,25 @@ async def test_burst_beyond_the_lease_waits_for_the_renewal(leases: LeaseStandIn
     assert st.reserved == pytest.approx(15.0)
     assert st.waiting == 0.0
     # Beyond the budget itself, a burst is refused after the wait, not admitted.
+    g.lease_wait_s = 0.3
     with pytest.raises(RateLimited):
         await asyncio.wait_for(asyncio.gather(*(g.admit(ctx()) for _ in range(5))), timeout=10)
+    await g.close()
+
+
+async def test_period_rollover_reopens_an_exhausted_budget(leases: LeaseStandIn) -> None:
+    leases.used = 10.0
+    leases.period_end = datetime.now(UTC) + timedelta(seconds=1.5)
+    g = guard(store_with_budget(used=10.0), leases.url, tick_s=0.05, min_call_interval_s=0.01)
+    await g.start()
+    with pytest.raises(RateLimited) as err:
+        await g.admit(ctx())
+    assert 1 <= int(err.value.headers["retry-after"]) <= 2  # at the period's end, exactly
+    # The control plane rolls the period over: spend restarts, a new period end.
+    leases.used = 0.0
+    leases.period_end = PERIOD_END
+    await asyncio.sleep(1.6)
+    adm = await g.admit(ctx())  # the old lease is void past its period: renewed, then admitted
+    assert isinstance(adm, BudgetAdmission)
+    assert g.features["chat"].period_end == PERIOD_END.timestamp()
     await g.close()

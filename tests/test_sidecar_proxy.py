@@ -261,7 +261,11 @@ def test_over_cap_rejects_or_clamps(sidecar: Sidecar) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         sidecar.client().chat.completions.create(model="tiny", messages=CHAT, max_tokens=33)
     assert err.value.code == "max_tokens_exceeded" and err.value.param == "max_tokens"
-    assert sidecar.last_record().status == "rejected:max_tokens_exceeded"
+    rejected = sidecar.last_record()
+    assert rejected.status == "rejected:max_tokens_exceeded"
+    (span,) = [s for s in sidecar.spans.get_finished_spans()
+               if (s.attributes or {}).get("gpuledger.request_id") == rejected.id]  # fmt: skip
+    assert span.name == "chat tiny" and not span.status.is_ok
     raw = sidecar.client().chat.completions.with_raw_response.create(
         model="tiny", messages=CHAT, max_completion_tokens=1000, temperature=0,
         extra_headers={"X-Feature": "chat"}, extra_body={"ignore_eos": True},

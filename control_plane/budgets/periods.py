@@ -13,15 +13,20 @@ from datetime import UTC, datetime, timedelta
 PERIODS = ("day", "week", "month", "rolling")
 
 
+def as_utc(ts: datetime) -> datetime:
+    """Naive datetimes are UTC (never the host's local time)."""
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
 def floor_minute(ts: datetime) -> datetime:
-    return ts.astimezone(UTC).replace(second=0, microsecond=0)
+    return as_utc(ts).replace(second=0, microsecond=0)
 
 
 def period_bounds(
     period: str, now: datetime, rolling_hours: int | None = None
 ) -> tuple[datetime, datetime]:
     """[start, end) of the period containing `now`."""
-    now = now.astimezone(UTC)
+    now = as_utc(now)
     day = now.replace(hour=0, minute=0, second=0, microsecond=0)
     if period == "day":
         return day, day + timedelta(days=1)
