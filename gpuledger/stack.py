@@ -17,8 +17,10 @@ import secrets
 import signal
 import subprocess
 import sys
+import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +80,13 @@ class Service:
             self.process.wait(timeout=5)
 
 
+def _port_in_use(url: str) -> bool:
+    parsed = urllib.parse.urlsplit(url)
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex((parsed.hostname or "127.0.0.1", parsed.port or 80)) == 0
+
+
 def _ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
@@ -127,9 +136,16 @@ def bootstrap(control_plane: str, admin_token: str, data: Path, engine_url: str,
         status, _ = _api(control_plane, admin_token, "POST", "/api/v1/features", feature)
         if status not in (200, 201, 409):
             raise RuntimeError(f"creating feature {feature['name']} failed with HTTP {status}")
-    engine = {"name": "local", "url": engine_url, "model": model, "gpu_type": "cpu", "gpus": 1,
-              "hourly_rate_usd": 0.10}
-    _api(control_plane, admin_token, "POST", "/api/v1/engines", engine)
+    engine = {"url": engine_url, "model": model, "gpu_type": "cpu", "gpus": 1, "hourly_rate_usd": 0.10}
+    status, _ = _api(control_plane, admin_token, "PUT", "/api/v1/engines/local", engine)
+    if status not in (200, 201):
+        raise RuntimeError(f"registering the engine failed with HTTP {status}")
+    status, _ = _api(control_plane, admin_token, "GET", "/api/v1/budgets/default")
+    if status == 404:  # a small monthly budget, so the dashboard's budget views have something to show
+        budget = {"period": "month", "gpu_hours": 1.0, "soft_threshold_pct": 80, "hard_action": "reject"}
+        status, _ = _api(control_plane, admin_token, "PUT", "/api/v1/budgets/default", budget)
+        if status not in (200, 201):
+            raise RuntimeError(f"creating the dev budget failed with HTTP {status}")
     key_file = data / "dev-key"
     if key_file.exists():
         return None
@@ -175,6 +191,10 @@ def _run(args: argparse.Namespace) -> int:
         {**common, "GPULEDGER_ADMIN_TOKEN": tokens["admin_token"]},
     )
 
+    busy = [s.health_url for s in [*services, sidecar, dashboard] if _port_in_use(s.health_url)]
+    if busy:
+        print(f"gpuledger stack: ports already in use: {', '.join(busy)}", file=sys.stderr)
+        return 1
     started: list[Service] = []
     interrupted = False
 
