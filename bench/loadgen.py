@@ -38,7 +38,8 @@ class Workload:
     extra_headers: dict[str, str] = field(default_factory=dict)
 
     def body(self, i: int) -> bytes:
-        # A distinct prefix per request keeps the engine's prefix cache from flattering anyone.
+        # A distinct prefix per request keeps the engine's prefix cache from flattering anyone
+        # (callers pass numbers unique across the run: see `_numbers`).
         text = (f"request {i}: " + "please summarise the ledger " * (self.prompt_chars // 28 + 1))
         body: dict[str, Any] = {
             "model": self.model,
@@ -154,6 +155,11 @@ async def one_request(session: aiohttp.ClientSession, url: str, w: Workload, i: 
     return res
 
 
+def _numbers() -> int:
+    """A fresh block of request numbers, so no two windows (or paths) send the same prompt."""
+    return random.getrandbits(48) << 16
+
+
 def make_session(timeout_s: float = 120.0) -> aiohttp.ClientSession:
     # No connection cap: the generator, not the pool, sets the concurrency.
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
@@ -172,7 +178,8 @@ async def closed_loop(
     """
     url = base_url.rstrip("/") + w.path
     results: list[Result] = []
-    counter = iter(range(requests if requests is not None else 1 << 62))
+    first = _numbers()
+    counter = iter(range(first, first + (requests if requests is not None else 1 << 62)))
     t0 = time.perf_counter()
     stop_at = t0 + duration_s if duration_s is not None else float("inf")
     in_flight: dict[int, float] = {}
@@ -207,7 +214,7 @@ async def open_loop(
     tasks: set[asyncio.Task[None]] = set()
     t0 = time.perf_counter()
     next_at = t0
-    i = 0
+    i = _numbers()
 
     async def fire(n: int) -> None:
         results.append(await one_request(session, url, w, n))

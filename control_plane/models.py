@@ -96,6 +96,7 @@ class Engine(Base):
     gpus: Mapped[int] = mapped_column(Integer, default=1)
     hourly_rate_usd: Mapped[float] = mapped_column(Float, default=0.0)
     prefill_cost_factor: Mapped[float | None] = mapped_column(Float, nullable=True)
+    max_num_seqs: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

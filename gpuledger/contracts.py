@@ -131,6 +131,8 @@ class EnginePolicy(_Wire):
     gpus: int = 1
     hourly_rate_usd: float = 0.0
     prefill_cost_factor: float | None = None
+    # vLLM's --max-num-seqs: lets attribution model its FIFO queue (queued requests aren't billed).
+    max_num_seqs: int | None = Field(default=None, ge=1)
 
 
 class PolicySnapshot(_Wire):

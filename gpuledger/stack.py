@@ -15,9 +15,9 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
-import socket
 import time
 import urllib.error
 import urllib.parse
@@ -136,7 +136,9 @@ def bootstrap(control_plane: str, admin_token: str, data: Path, engine_url: str,
         status, _ = _api(control_plane, admin_token, "POST", "/api/v1/features", feature)
         if status not in (200, 201, 409):
             raise RuntimeError(f"creating feature {feature['name']} failed with HTTP {status}")
-    engine = {"url": engine_url, "model": model, "gpu_type": "cpu", "gpus": 1, "hourly_rate_usd": 0.10}
+    # max_num_seqs: the tiny-cpu profile's, so attribution leaves vLLM's queue time unbilled.
+    engine = {"url": engine_url, "model": model, "gpu_type": "cpu", "gpus": 1, "hourly_rate_usd": 0.10,
+              "max_num_seqs": 16}
     status, _ = _api(control_plane, admin_token, "PUT", "/api/v1/engines/local", engine)
     if status not in (200, 201):
         raise RuntimeError(f"registering the engine failed with HTTP {status}")

@@ -72,7 +72,11 @@ def create_app(
         tracer=provider.get_tracer("gpuledger.sidecar")
         if settings.tracing_enabled
         else trace.NoOpTracer(),
-        default_engine=EnginePolicy(name=settings.upstream_name, url=settings.upstream_url),
+        default_engine=EnginePolicy(
+            name=settings.upstream_name,
+            url=settings.upstream_url,
+            max_num_seqs=settings.upstream_max_num_seqs,
+        ),
         guards=guards if guards is not None else build_guards(settings, store, registry, usage_sink),
     )
 

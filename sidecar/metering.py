@@ -1,15 +1,18 @@
 """One usage record per request: tokens from vLLM, GPU-seconds from attribution, money, metrics.
 
-`Metering.finish` is called exactly once per request that got past authentication, whatever its
-outcome (ok, upstream_error, cancelled, rejected:<reason>). It writes the record to the sink,
-feeds the Prometheus metrics and the request's span. It runs after the response is complete, so
-it adds nothing to the client's latency.
+`Metering.finish` (= `build` + `write`) runs exactly once per request that got past
+authentication, whatever its outcome (ok, upstream_error, cancelled, rejected:<reason>). It writes
+the record to the sink, feeds the Prometheus metrics and the request's span. For a response that
+completes, the proxy (through `Ledger`) does it *before* relaying the final bytes, so a sidecar
+killed right after a client got its answer has that answer's record durable in the spool; the
+cost is the spool's group commit on the last byte (numbers in docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -71,16 +74,28 @@ class Metering:
         self.attribution = attribution
         self.prices = prices
         self._clocks: dict[str, EngineClock] = {}
+        self._queue_caps: dict[str, int | None] = {}  # the max_num_seqs each clock was made with
 
     def clock(self, engine: EnginePolicy) -> EngineClock:
-        """The attribution clock of `engine` (one per engine name, made on first use)."""
+        """The attribution clock of `engine` (one per engine name, made on first use, remade
+        when the policy changes its GPU count or max_num_seqs)."""
         clock = self._clocks.get(engine.name)
-        if clock is None or clock.gpus != engine.gpus:
+        if (
+            clock is None
+            or clock.gpus != engine.gpus
+            or self._queue_caps.get(engine.name) != engine.max_num_seqs
+        ):
             if engine.prefill_cost_factor is not None:
-                clock = EngineClock(engine.name, engine.gpus, engine.prefill_cost_factor)
+                clock = EngineClock(
+                    engine.name,
+                    engine.gpus,
+                    engine.prefill_cost_factor,
+                    max_num_seqs=engine.max_num_seqs,
+                )
             else:
-                clock = EngineClock(engine.name, engine.gpus)
+                clock = EngineClock(engine.name, engine.gpus, max_num_seqs=engine.max_num_seqs)
             self._clocks[engine.name] = clock
+            self._queue_caps[engine.name] = engine.max_num_seqs
             self.attribution.track(clock, gpu_hourly_rate(engine.gpu_type, engine.hourly_rate_usd))
         return clock
 
@@ -100,6 +115,32 @@ class Metering:
         span: Span | None,
         admitted: bool,
     ) -> UsageRecord:
+        record = self.build(
+            request_id=request_id, policy=policy, key_id=key_id, feature=feature, model=model,
+            engine=engine, started_at=started_at, t0=t0, outcome=outcome, actions=actions,
+            span=span, admitted=admitted,
+        )  # fmt: skip
+        await self.write(record)
+        return record
+
+    def build(
+        self,
+        *,
+        request_id: str,
+        policy: Policy,
+        key_id: str | None,
+        feature: str,
+        model: str,
+        engine: EnginePolicy,
+        started_at: datetime,
+        t0: float,
+        outcome: Outcome,
+        actions: list[str],
+        span: Span | None,
+        admitted: bool,
+    ) -> UsageRecord:
+        """The record, with the request's attribution, metrics and span closed (synchronous, so
+        a cancellation can't leave it half done; call it once per request)."""
         e2e_s = time.monotonic() - t0
         gpu_seconds = 0.0
         if admitted:
@@ -150,10 +191,61 @@ class Metering:
         if span is not None:
             _annotate(span, record, outcome)
             span.end()
+        return record
+
+    async def write(self, record: UsageRecord) -> None:
+        """Hand the record to the sink; returns once the sink has it (the spool: durable)."""
         try:
             await self.sink.write(record)
         except Exception:  # a failing sink must not break the proxy; the spool has its own alarms
             log.exception("usage sink failed to write record %s", record.id)
+
+
+class Ledger:
+    """Writes one admitted request's usage record exactly once.
+
+    The relay calls `write` just before a completed response's final bytes; the request's
+    `finally` calls it again, which then only returns the record (or writes it, when no response
+    completed). `build` is synchronous and runs first, so a cancellation during the sink's await
+    (a shutdown) can't cause a second record: the spool already has the payload queued.
+    """
+
+    __slots__ = ("_build", "_metering", "actions", "model", "op", "outcome", "prompt_est", "record")
+
+    def __init__(
+        self,
+        metering: Metering,
+        build: Callable[[], UsageRecord],
+        outcome: Outcome,
+        actions: list[str],
+        *,
+        op: str,
+        model: str,
+        prompt_est: int,
+    ) -> None:
+        self._metering = metering
+        self._build = build
+        self.outcome = outcome
+        self.actions = actions
+        self.op = op
+        self.model = model
+        self.prompt_est = prompt_est
+        self.record: UsageRecord | None = None
+
+    async def write(self) -> UsageRecord:
+        if self.record is not None:
+            return self.record
+        o = self.outcome
+        if self.op != "other":
+            if not o.input_tokens and o.status in ("ok", "cancelled"):
+                o.input_tokens = self.prompt_est  # vLLM reported no usage (a cancelled stream)
+                o.estimated = True
+            if o.response_model is None:
+                o.response_model = self.model  # streams: vLLM answers with the served name
+        if o.estimated:
+            self.actions.append("estimated_tokens")
+        self.record = record = self._build()
+        await self._metering.write(record)
         return record
 
 

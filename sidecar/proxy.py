@@ -6,6 +6,12 @@ upstream. Everything refused before "upstream" never reaches vLLM. Upstream byte
 they arrive (`sidecar/streaming.py` meters them on the side); upstream errors pass through
 unchanged. Every request that got past authentication ends in exactly one usage record.
 
+When a response completes, its record is durable (the spool's fsync) *before* the final bytes go
+out: the stream's `[DONE]` (or its end), or a non-streamed body. A sidecar killed with SIGKILL right
+after a client got its whole answer has thus already spooled that answer's record. Content chunks
+are not delayed; the last byte pays one group commit. Refusals, cancellations and upstream errors
+answered by the sidecar write in the `finally` path (`Ledger` keeps it to one record either way).
+
 Unauthenticated requests are counted in metrics but write no usage record: nobody can be billed
 for them, and a flood of bad keys must not flood the usage ledger.
 """
@@ -16,6 +22,7 @@ import asyncio
 import logging
 import time
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -56,7 +63,7 @@ from sidecar.guardrails import (
     estimate_prompt_tokens,
 )
 from sidecar.hooks import Admission, RequestContext
-from sidecar.metering import Outcome, new_request_id
+from sidecar.metering import Ledger, Outcome, new_request_id
 from sidecar.prefix_advisor import prompt_head
 from sidecar.shedding import soft_guardrails
 from sidecar.streaming import SseScanner
@@ -199,36 +206,36 @@ class Proxy:
                 prompt_head(body, soft.advisor.head_bytes),
                 prompt_est,
             )
+        ledger = Ledger(
+            c.metering,
+            partial(
+                c.metering.build, request_id=request_id, policy=policy, key_id=key.id,
+                feature=feature_name, model=model, engine=engine, started_at=started_at, t0=t0,
+                outcome=outcome, actions=actions, span=span, admitted=True,
+            ),
+            outcome, actions, op=op, model=model, prompt_est=prompt_est,
+        )  # fmt: skip
         task = asyncio.current_task()
         watch = DisconnectWatch(task)
         watcher = asyncio.ensure_future(receive())
         watcher.add_done_callback(watch)
         try:
             await self._upstream(
-                scope, send, raw, span, headers, engine, extra, outcome, watch,
-                request_id=request_id, t0=t0, prompt_est=prompt_est, drop_usage=drop_usage,
-                stream=stream, op=op, fanout=fanout_of(body),
+                scope, send, raw, span, headers, engine, extra, outcome, watch, ledger,
+                request_id=request_id, t0=t0, drop_usage=drop_usage, stream=stream, op=op,
+                fanout=fanout_of(body),
             )  # fmt: skip
         except asyncio.CancelledError:
             if not watch.gone or task is None:
                 raise  # not ours: the server is shutting down
             task.uncancel()  # our own abort of the upstream call (see DisconnectWatch)
-            outcome.status = "cancelled"
-            if op != "other":
-                outcome.input_tokens, outcome.estimated = prompt_est, True
+            outcome.status = "cancelled"  # the ledger estimates its tokens
         finally:
             watch.finished = True
             watcher.cancel()
             in_flight.dec()
-            if outcome.estimated:
-                actions.append("estimated_tokens")
-            if outcome.response_model is None and op != "other":
-                outcome.response_model = model  # streams: vLLM answers with the served name
-            record = await c.metering.finish(
-                request_id=request_id, policy=policy, key_id=key.id, feature=feature_name,
-                model=model, engine=engine, started_at=started_at, t0=t0, outcome=outcome,
-                actions=actions, span=span, admitted=True,
-            )  # fmt: skip
+            # Already written if the response completed; otherwise (cancelled, error) now.
+            record = await ledger.write()
             await _settle_all(admissions, record)
 
     def _span(self, scope: Scope, headers: dict[bytes, bytes], op: str, model: str) -> Span:
@@ -252,10 +259,10 @@ class Proxy:
         extra: dict[str, str],
         outcome: Outcome,
         watch: DisconnectWatch,
+        ledger: Ledger,
         *,
         request_id: str,
         t0: float,
-        prompt_est: int,
         drop_usage: bool,
         stream: bool,
         op: str,
@@ -291,16 +298,14 @@ class Proxy:
         try:
             ctype = resp.headers.get("content-type", "application/json").encode("latin-1")
             if resp.status == 200 and (stream or ctype.startswith(b"text/event-stream")):
-                await self._relay_stream(send, resp, ctype, extra, outcome, watch, request_id,
-                                         engine=engine, t0=t0, drop_usage=drop_usage,
-                                         chat=op == "chat", fanout=fanout)  # fmt: skip
+                await self._relay_stream(send, resp, ctype, extra, outcome, watch, ledger,
+                                         request_id, engine=engine, t0=t0,
+                                         drop_usage=drop_usage, chat=op == "chat",
+                                         fanout=fanout)  # fmt: skip
             else:
-                await self._relay_whole(send, resp, ctype, extra, outcome, watch)
+                await self._relay_whole(send, resp, ctype, extra, outcome, watch, ledger)
         finally:
             resp.close()
-        if op != "other" and not outcome.input_tokens and outcome.status in ("ok", "cancelled"):
-            outcome.input_tokens = prompt_est  # vLLM reported no usage (e.g. a cancelled stream)
-            outcome.estimated = True
 
     async def _relay_stream(
         self,
@@ -310,6 +315,7 @@ class Proxy:
         extra: dict[str, str],
         outcome: Outcome,
         watch: DisconnectWatch,
+        ledger: Ledger,
         request_id: str,
         *,
         engine: EnginePolicy,
@@ -356,6 +362,7 @@ class Proxy:
             outcome.status = "cancelled"
             return
         watch.finished = True
+        await ledger.write()  # durable before the client sees the end (the scanner held it back)
         await send({"type": "http.response.body", "body": scanner.finish(), "more_body": False})
 
     async def _relay_whole(
@@ -366,6 +373,7 @@ class Proxy:
         extra: dict[str, str],
         outcome: Outcome,
         watch: DisconnectWatch,
+        ledger: Ledger,
     ) -> None:
         try:
             data = await resp.read()
@@ -385,6 +393,7 @@ class Proxy:
         elif ctype.startswith(JSON):
             _take_response(data, outcome)
         watch.finished = True
+        await ledger.write()  # durable before the client gets the answer
         await send_bytes(send, resp.status, data, ctype, extra)
 
     async def _models(self, scope: Scope, send: Send) -> None:

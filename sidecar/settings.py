@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     # Used when the policy names no engine; an engine in the policy overrides it.
     upstream_url: str = "http://127.0.0.1:8000"
     upstream_name: str = "local"
+    # The default upstream's --max-num-seqs (unset: queue time is not modelled by attribution).
+    upstream_max_num_seqs: int | None = None
     # Sent to vLLM when it runs with `--api-key` (never the client's own key).
     upstream_api_key: str | None = None
     connect_timeout_s: float = 5.0

@@ -13,6 +13,11 @@ choice's chunk to the usage chunk. So in that mode the scanner holds back the fi
 (normally the last content chunk, microseconds before the usage chunk) and, once the usage chunk
 arrives, puts the fingerprint back where vLLM would have put it. With n > 1 a choice's finishing
 chunk can thus arrive after other choices' later chunks (clients index choices, so this is benign).
+
+The final event (`data: [DONE]`; `response.completed`/`incomplete`/`failed` in the Responses API,
+`message_stop` in the Messages API) and anything after it are held back until `finish()`: the proxy
+makes the usage record durable before it relays them, so a client never holds a complete answer
+that the ledger could lose. Content chunks are never held for this.
 """
 
 from __future__ import annotations
@@ -27,6 +32,14 @@ _FINISH = b'"finish_reason":"'
 _FINISH_RE = re.compile(rb'"finish_reason":"([^"]*)"')
 _USAGE = (b'"usage":{', b'"usage": {')
 _DONE = b"data: [DONE]"
+_MESSAGE_STOP = b"event: message_stop"
+_FINAL = (
+    _DONE,
+    _MESSAGE_STOP,
+    b"event: response.completed",
+    b"event: response.incomplete",
+    b"event: response.failed",
+)
 _FINGERPRINT_RE = re.compile(rb'"system_fingerprint":("[^"]*"|null)')
 
 
@@ -36,6 +49,7 @@ def _has_usage(data: bytes) -> bool:
 
 class SseScanner:
     __slots__ = (
+        "_final",
         "_held",
         "done",
         "drop_usage",
@@ -59,6 +73,7 @@ class SseScanner:
         self.usage: dict[str, Any] | None = None
         self.finish_reasons: list[str] = []
         self._held: list[bytes] = []
+        self._final: list[bytes] = []  # the stream's final event(s), relayed by `finish()`
 
     def feed(self, chunk: bytes, now: float) -> bytes:
         """Account one upstream read; returns the bytes to relay now (may be empty)."""
@@ -75,9 +90,14 @@ class SseScanner:
         if self.first_at is None:
             self.first_at = now
         self.last_at = now
-        if _FINISH not in complete and not _has_usage(complete) and not self._held:
-            if _DONE in complete:
-                self.done = True
+        if (
+            _FINISH not in complete
+            and not _has_usage(complete)
+            and _DONE not in complete
+            and _MESSAGE_STOP not in complete  # the Responses API's final events carry usage
+            and not self._held
+            and not self._final
+        ):
             return complete  # the common case: a plain content chunk, relayed as is
         return self._slow(complete)
 
@@ -101,7 +121,10 @@ class SseScanner:
             elif event.startswith(_DONE):
                 self.done = True
                 out.extend(self._release(None))
-            out.append(event)
+            if self._final or event.startswith(_FINAL):
+                self._final.append(event)
+            else:
+                out.append(event)
         return b"".join(out)
 
     def _release(self, fingerprint: re.Match[bytes] | None) -> list[bytes]:
@@ -136,8 +159,9 @@ class SseScanner:
             self.usage = usage
 
     def finish(self) -> bytes:
-        """End of the upstream stream: whatever is still held or partial."""
-        rest = b"".join(self._release(None)) + self.tail
+        """End of the upstream stream: the final event(s) and whatever is still held or partial."""
+        rest = b"".join(self._release(None)) + b"".join(self._final) + self.tail
+        self._final = []
         self.tail = b""
         return rest
 

@@ -121,6 +121,7 @@ ENGINES = {
         "gpu_type": "H100",
         "gpus": 1,
         "hourly_rate_usd": 2.49,
+        "max_num_seqs": 256,
     },
     "local-cpu": {
         "url": "http://127.0.0.1:8000",

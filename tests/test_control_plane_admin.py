@@ -142,9 +142,12 @@ def test_engines(control_plane: str) -> None:
             "gpus": 2,
             "hourly_rate_usd": 5.0,
         }
-        assert c.put("/api/v1/engines/h100-a", json=body).json()["gpus"] == 2
-        body["gpus"] = 4
+        created = c.put("/api/v1/engines/h100-a", json=body).json()
+        assert created["gpus"] == 2 and created["max_num_seqs"] is None
+        body |= {"gpus": 4, "max_num_seqs": 64}
         assert c.put("/api/v1/engines/h100-a", json=body).json()["gpus"] == 4
+        assert c.get("/api/v1/engines/h100-a").json()["max_num_seqs"] == 64
+        assert c.put("/api/v1/engines/h100-a", json=body | {"max_num_seqs": 0}).status_code == 422
         assert [e["name"] for e in c.get("/api/v1/engines").json()] == ["h100-a"]
         assert c.put("/api/v1/engines/bad name", json=body).status_code == 422
         assert c.delete("/api/v1/engines/h100-a").status_code == 204

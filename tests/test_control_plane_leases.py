@@ -119,6 +119,27 @@ def test_exhausted_when_spent_and_alerts(cp: str) -> None:
         assert client.get("/api/v1/alerts", params={"active": "false"}).json()["total"] == 2
 
 
+def test_starved_by_peers_is_a_zero_grant_not_exhausted(db_url: str) -> None:
+    # Share 1.0, so one sidecar can hold the whole remainder.
+    settings = cp_settings(db_url, lease_max_share=1.0, lease_reclaim_grace_seconds=0)
+    with run_control_plane(settings) as base_url:
+        _budget(base_url, "f", 100)
+        assert _lease(base_url, "s1", "f", requested=600)["granted_gpu_seconds"] == 100
+        # Nothing left to lease, but nothing spent: "ask again shortly", not "wait for the
+        # period's end".
+        starved = _lease(base_url, "s2", "f", requested=10)
+        assert starved["granted_gpu_seconds"] == 0 and starved["exhausted"] is False
+        # s1 settles 30 and hands the rest back: s2 gets its ask.
+        assert _lease(base_url, "s1", "f", requested=0, settled=30)["exhausted"] is False
+        assert _lease(base_url, "s2", "f", requested=10)["granted_gpu_seconds"] == 10
+        assert _lease(base_url, "s2", "f", requested=0, settled=10)["granted_gpu_seconds"] == 0
+        # s3 takes and spends all 60 left: now the budget really is spent.
+        assert _lease(base_url, "s3", "f", requested=600)["granted_gpu_seconds"] == 60
+        assert _lease(base_url, "s3", "f", requested=0, settled=60)["exhausted"] is True
+        spent = _lease(base_url, "s2", "f", requested=10)
+        assert spent["granted_gpu_seconds"] == 0 and spent["exhausted"] is True
+
+
 def test_expired_leases_are_reclaimed(db_url: str) -> None:
     settings = cp_settings(db_url, lease_ttl_seconds=3, lease_reclaim_grace_seconds=0)
     with run_control_plane(settings) as base_url:

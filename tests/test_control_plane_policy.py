@@ -55,6 +55,7 @@ def test_snapshot_content(control_plane: str) -> None:
     }
     assert snap.rate_limits[0].limits.concurrent_requests == 4
     assert {e.name: e.hourly_rate_usd for e in snap.engines} == {"h100-a": 2.49, "local-cpu": 0.1}
+    assert {e.name: e.max_num_seqs for e in snap.engines} == {"h100-a": 256, "local-cpu": None}
     assert "secret" not in resp.text
 
 

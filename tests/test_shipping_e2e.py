@@ -2,12 +2,15 @@
 
 * Outage: the control plane is down while 500 requests are served through the sidecar; when it
   is back, exactly 500 records land in its database.
-* SIGKILL: a sidecar process killed after serving requests ships all of them after a restart.
+* SIGKILL: a sidecar process killed after serving requests ships all of them after a restart,
+  even when it is killed the instant a client has read its whole response (the record is durable
+  before the response's final bytes are sent).
 * Secrets: the key's secret appears in neither the spool files nor the control-plane database.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -199,8 +202,8 @@ def test_sigkill_after_responses_ships_everything_on_restart(
     url = f"http://127.0.0.1:{port}"
     try:
         serve_requests(url, secret, 40)  # control plane down: records stay spooled
-        # The proxy writes the record just after the response's last byte: let it land.
-        wait_until(lambda: metric(url, "gpuledger_spool_backlog_records") == 40, 10, "spool")
+        # Each record is durable before its response's final bytes: no need to wait for it.
+        assert metric(url, "gpuledger_spool_backlog_records") == 40
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
@@ -216,6 +219,78 @@ def test_sigkill_after_responses_ships_everything_on_restart(
             proc.terminate()
             proc.wait(timeout=30)
     assert landed(db_path, "sidecar-killed") == (40, 40)
+
+
+def spooled_ids(state_dir: Path) -> list[str]:
+    """Record ids in a (killed) sidecar's spool file."""
+    with sqlite3.connect(state_dir / "usage-spool.db") as conn:
+        return [json.loads(row[0])["id"] for row in conn.execute("SELECT payload FROM spool")]
+
+
+def landed_ids(db_path: Path, sidecar_id: str) -> list[str]:
+    with sqlite3.connect(db_path) as conn:
+        rows = conn.execute("SELECT id FROM usage_records WHERE sidecar_id = ?", (sidecar_id,))
+        return [str(r[0]) for r in rows]
+
+
+def complete_response(url: str, secret: str, stream: bool, i: int) -> str:
+    """One chat request read to its very last byte; returns the sidecar's request id."""
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": f"kill test {i}"}],
+        "max_tokens": 4,
+        "stream": stream,
+    }
+    headers = {"Authorization": f"Bearer {secret}"}
+    with (
+        httpx.Client(timeout=120) as client,
+        client.stream("POST", f"{url}/v1/chat/completions", json=body, headers=headers) as resp,
+    ):
+        data = resp.read()  # to the end of the body (chunked terminator or content-length)
+        assert resp.status_code == 200, data
+        if stream:
+            assert data.endswith(b"data: [DONE]\n\n")
+        else:
+            assert json.loads(data)["usage"]["completion_tokens"] >= 1
+        return resp.headers["x-gpuledger-request-id"]
+
+
+def test_sigkill_the_instant_each_response_completes_loses_nothing(
+    tmp_path: Path, engine_url: str
+) -> None:
+    """Stricter than the test above: no waiting on metrics. The sidecar is killed with SIGKILL
+    right after the client read each response's last byte (streamed and not, in turn), restarted,
+    and killed again; every response a client got completely must ship, exactly once."""
+    db_path = tmp_path / "cp.db"
+    db_url = f"sqlite+aiosqlite:///{db_path}"
+    cp_port, port = free_port(), free_port()
+    state_dir = tmp_path / "sidecar"
+    url = f"http://127.0.0.1:{port}"
+    completed: list[str] = []
+    with control_plane_on(db_url, cp_port):
+        _, secret = seed(f"http://127.0.0.1:{cp_port}", engine_url)
+        proc = start_sidecar_process(port, cp_port, state_dir, engine_url)
+        wait_until(lambda: (state_dir / "policy.json").exists(), 30, "policy sync")
+    # Control plane down: the records can only survive in the spool.
+    for i in range(6):
+        if i:
+            proc = start_sidecar_process(port, cp_port, state_dir, engine_url)
+        try:
+            completed.append(complete_response(url, secret, stream=i % 2 == 0, i=i))
+        finally:
+            proc.send_signal(signal.SIGKILL)  # the instant the client has its whole answer
+            proc.wait(timeout=30)
+        assert completed[-1] in spooled_ids(state_dir), f"request {i}'s record was lost"
+
+    with control_plane_on(db_url, cp_port):
+        proc = start_sidecar_process(port, cp_port, state_dir, engine_url)
+        try:
+            wait_until(lambda: len(landed_ids(db_path, "sidecar-killed")) >= 6, 60, "shipping")
+            wait_until(lambda: metric(url, "gpuledger_spool_backlog_records") == 0, 10, "ack")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    assert sorted(landed_ids(db_path, "sidecar-killed")) == sorted(completed)
 
 
 def test_full_spool_refuses_new_requests_with_503(tmp_path: Path, engine_url: str) -> None:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry, generate_latest
 
 from gpuledger.contracts import EnginePolicy
+from sidecar.app import create_app
 from sidecar.attribution import AttributionMetrics
 from sidecar.metering import Metering, Outcome, new_request_id
 from sidecar.metrics import SidecarMetrics
 from sidecar.policy import Policy, load_policy_file
+from sidecar.settings import Settings
 from sidecar.sinks import MemorySink
 from sidecar.tracing import build_tracer_provider
 from tests.sidecar_support import DEV_POLICY
@@ -60,3 +63,30 @@ async def test_finish_writes_one_record_and_feeds_metrics_and_span() -> None:
     (finished,) = spans.get_finished_spans()
     attrs = dict(finished.attributes or {})
     assert attrs["gen_ai.usage.input_tokens"] == 9 and attrs["gpu_seconds"] == record.gpu_seconds
+
+
+def test_clock_models_the_engine_queue_and_follows_policy_changes() -> None:
+    registry = CollectorRegistry()
+    metering = Metering(sidecar_id="s1", metrics=SidecarMetrics(registry), sink=MemorySink(),
+                        attribution=AttributionMetrics(registry), prices=None)  # fmt: skip
+    engine = EnginePolicy(name="local", url="http://x", max_num_seqs=2)
+    clock = metering.clock(engine)
+    for i in range(3):
+        clock.admit(f"r{i}", prompt_tokens=9)
+    # The third waits in vLLM's queue (unbilled) instead of sharing the engine's time.
+    assert (clock.in_flight, clock.in_service) == (3, 2)
+    assert metering.clock(engine) is clock
+    # The policy drops the cap: a fresh clock without the queue model.
+    uncapped = metering.clock(engine.model_copy(update={"max_num_seqs": None}))
+    assert uncapped is not clock
+    for i in range(3):
+        uncapped.admit(f"r{i}", prompt_tokens=9)
+    assert (uncapped.in_flight, uncapped.in_service) == (3, 3)
+
+
+def test_default_upstream_takes_max_num_seqs_from_settings(tmp_path: Path) -> None:
+    app = create_app(
+        Settings(state_dir=tmp_path, upstream_max_num_seqs=16), sink=MemorySink()
+    )  # no lifespan: nothing is started
+    assert app.state.components.default_engine.max_num_seqs == 16
+    assert Settings(state_dir=tmp_path).upstream_max_num_seqs is None

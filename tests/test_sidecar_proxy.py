@@ -192,6 +192,63 @@ async def test_async_stream_and_plain(sidecar: Sidecar, direct: openai.OpenAI) -
     await client.close()
 
 
+# --- the record is written before the final bytes ---------------------------------------------
+
+
+def _ids(sidecar: Sidecar, request_id: str) -> int:
+    return [r.id for r in list(sidecar.sink.records)].count(request_id)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "final"),
+    [
+        ("/v1/chat/completions", {"messages": CHAT, "max_tokens": 4}, "data: [DONE]"),
+        ("/v1/completions", {"prompt": "the cache", "max_tokens": 4}, "data: [DONE]"),
+        ("/v1/responses", {"input": "the cache", "max_output_tokens": 4},
+         "event: response.completed"),
+        ("/v1/messages", {"messages": CHAT, "max_tokens": 4}, "event: message_stop"),
+    ],
+)  # fmt: skip
+def test_stream_record_is_written_before_its_final_event(
+    sidecar: Sidecar, path: str, body: dict[str, Any], final: str
+) -> None:
+    """A sidecar killed the instant a client has its whole answer must not lose the record
+    (issue 5): when the client sees the stream's final event, the sink already has it. No
+    polling here, on purpose."""
+    with (
+        httpx.Client(timeout=120) as client,
+        client.stream("POST", f"{sidecar.url}{path}", json={"model": "tiny", "stream": True, **body},
+                      headers={"authorization": f"Bearer {DEV_SECRET}"}) as resp,
+    ):  # fmt: skip
+        assert resp.status_code == 200
+        request_id = resp.headers["x-gpuledger-request-id"]
+        finals = 0
+        for line in resp.iter_lines():
+            if line.startswith(final):
+                finals += 1
+                assert _ids(sidecar, request_id) == 1, "final event relayed before the record"
+    assert finals == 1
+    record = sidecar.record(request_id)
+    assert record.status == "ok" and record.output_tokens >= 1
+    time.sleep(0.2)  # the request's `finally` has run by now: it must not write a second record
+    assert _ids(sidecar, request_id) == 1
+
+
+def test_plain_record_is_written_before_the_body(sidecar: Sidecar) -> None:
+    resp = httpx.post(
+        f"{sidecar.url}/v1/chat/completions",
+        json={"model": "tiny", "messages": CHAT, "max_tokens": 4},
+        headers={"authorization": f"Bearer {DEV_SECRET}"},
+        timeout=120,
+    )
+    assert resp.status_code == 200
+    request_id = resp.headers["x-gpuledger-request-id"]
+    assert _ids(sidecar, request_id) == 1, "body sent before the record"
+    time.sleep(0.2)
+    assert _ids(sidecar, request_id) == 1
+    assert sidecar.record(request_id).output_tokens == resp.json()["usage"]["completion_tokens"]
+
+
 # --- cancellation -----------------------------------------------------------------------------
 
 

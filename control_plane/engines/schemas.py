@@ -17,6 +17,7 @@ class EngineIn(BaseModel):
                     "gpu_type": "H100",
                     "gpus": 1,
                     "hourly_rate_usd": 2.49,
+                    "max_num_seqs": 256,
                 }
             ]
         }
@@ -27,6 +28,11 @@ class EngineIn(BaseModel):
     gpus: int = Field(default=1, ge=1)
     hourly_rate_usd: float = Field(default=0.0, ge=0, description="for all its GPUs, per hour")
     prefill_cost_factor: float | None = Field(default=None, gt=0)
+    max_num_seqs: int | None = Field(
+        default=None,
+        ge=1,
+        description="the engine's --max-num-seqs; attribution then leaves its queue time unbilled",
+    )
 
 
 class EngineOut(EngineIn):

@@ -97,6 +97,7 @@ async def build_snapshot(session: AsyncSession, bucket_gpu_seconds: float) -> Po
                 gpus=e.gpus,
                 hourly_rate_usd=e.hourly_rate_usd,
                 prefill_cost_factor=e.prefill_cost_factor,
+                max_num_seqs=e.max_num_seqs,
             )
             for e in engines
         ],

@@ -46,6 +46,7 @@ def upgrade() -> None:
         sa.Column("gpus", sa.Integer(), nullable=False),
         sa.Column("hourly_rate_usd", sa.Float(), nullable=False),
         sa.Column("prefill_cost_factor", sa.Float(), nullable=True),
+        sa.Column("max_num_seqs", sa.Integer(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("name", name=op.f("pk_engines")),
     )
