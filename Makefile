@@ -44,7 +44,9 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# LiteLLM (the proxy we compare against) lives in its own .venv-litellm; see bench/README.md.
 bench: install
+	bash bench/install_litellm.sh
 	$(BIN)/python -m bench.runner --quick
 
 clean:
