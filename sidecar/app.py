@@ -1,7 +1,10 @@
 """`create_app(settings)`: the sidecar as a FastAPI app.
 
 `/health`, `/ready` and `/metrics` are ordinary FastAPI routes; `/v1/*` is the raw ASGI proxy
-(`sidecar/proxy.py`), routed without FastAPI's per-request machinery because it is the hot path.
+(`sidecar/proxy.py`). `SidecarApp.__call__` hands `/v1/` requests to the proxy *before* Starlette's
+middleware stack: ServerErrorMiddleware and ExceptionMiddleware each wrap `send`, which costs a
+call per relayed chunk, and the router matches a regex per request (issue 9). The proxy answers its
+own errors in the OpenAI envelope, so those layers added nothing there.
 Clients (the upstream HTTP session, the sink, background tasks) live in the lifespan.
 """
 
@@ -18,11 +21,13 @@ from fastapi.responses import JSONResponse
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from gpuledger.contracts import EnginePolicy
+from sidecar.asgi import send_error
 from sidecar.attribution import AttributionMetrics
 from sidecar.deps import Components, ComponentsDep
+from sidecar.errors import SidecarError
 from sidecar.hooks import Guard
 from sidecar.metering import Metering
 from sidecar.metrics import SidecarMetrics
@@ -37,6 +42,28 @@ from sidecar.wiring import build_background_tasks, build_guards, build_sink
 log = logging.getLogger(__name__)
 
 
+class SidecarApp(FastAPI):
+    """FastAPI for everything but `/v1/`, which goes straight to the raw ASGI proxy."""
+
+    proxy: Proxy | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        proxy = self.proxy
+        if proxy is None or scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        try:
+            await proxy(scope, receive, send)
+        except Exception:
+            # What ServerErrorMiddleware did, but in the envelope: log, answer 500 if no response
+            # started yet (a send of a second start raises), then let the server drop the socket.
+            log.exception("unhandled error in %s %s", scope["method"], scope["path"])
+            with contextlib.suppress(Exception):
+                await send_error(send, SidecarError("The sidecar failed unexpectedly."), {})
+            raise
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -45,7 +72,7 @@ def create_app(
     registry: CollectorRegistry | None = None,
     guards: list[Guard] | None = None,
     span_exporter: SpanExporter | None = None,
-) -> FastAPI:
+) -> SidecarApp:
     """Build the app. The keyword arguments replace the parts `sidecar/wiring.py` would build
     (tests pass a MemorySink, an in-memory span exporter, a ready PolicyStore)."""
     settings = settings or Settings()
@@ -53,7 +80,9 @@ def create_app(
     store = policy_store or PolicyStore(settings.state_dir)
     usage_sink = sink or build_sink(settings, registry)
     metrics = SidecarMetrics(registry)
-    provider = build_tracer_provider(settings.service_name, span_exporter)
+    provider = build_tracer_provider(
+        settings.service_name, span_exporter, sample_ratio=settings.trace_sample_ratio
+    )
     components = Components(
         settings=settings,
         registry=registry,
@@ -110,7 +139,7 @@ def create_app(
             await usage_sink.close()
             provider.shutdown()
 
-    app = FastAPI(title="gpuledger sidecar", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = SidecarApp(title="gpuledger sidecar", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.components = components
     app.state.registry = registry
     app.state.settings = settings
@@ -136,7 +165,7 @@ def create_app(
     async def metrics_endpoint(c: ComponentsDep) -> Response:
         return Response(generate_latest(c.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.router.routes.append(Route("/v1/{path:path}", endpoint=Proxy(components)))
+    app.proxy = Proxy(components)
     return app
 
 

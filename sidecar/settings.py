@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -79,6 +80,9 @@ class Settings(BaseSettings):
 
     # --- tracing ---------------------------------------------------------------------------
     tracing_enabled: bool = True
+    # Fraction of root traces kept (ParentBased(TraceIdRatio): a caller's decision wins). Lower it
+    # when span export's CPU matters more than seeing every request (issue 9).
+    trace_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
     service_name: str = "gpuledger-sidecar"
 
     # --- soft guardrails: engine watch, load shedding, prefix advisor (issue 7) ---------------

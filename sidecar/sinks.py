@@ -49,8 +49,10 @@ class MemorySink:
 class JsonlSink:
     """Appends records to a JSONL file, flushed per record.
 
-    One short line per request is a single small write(); doing it inline costs a few microseconds
-    and keeps the order of records, so no thread or queue is worth its complexity here.
+    One short line per request is a single small write() to the OS and no fsync: this is the
+    standalone/dev sink (the durable path is the spool). Doing it inline costs a few microseconds
+    and keeps the order of records, so no thread or queue is worth its complexity here; a py-spy
+    profile at 64 streams put it at ~1% of the sidecar's CPU (issue 9, docs/benchmarks.md).
     """
 
     def __init__(self, path: Path) -> None:

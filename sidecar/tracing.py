@@ -2,7 +2,13 @@
 
 The tracer provider belongs to the app (tests build many apps, each with an in-memory exporter);
 it is never installed as the global provider. OTLP/HTTP export is switched on by the standard
-`OTEL_EXPORTER_OTLP_ENDPOINT` variable.
+`OTEL_EXPORTER_OTLP_ENDPOINT` variable; export is always batched (`BatchSpanProcessor`: a
+background thread ships spans in batches, the request path only enqueues them).
+
+Sampling (`GPULEDGER_TRACE_SAMPLE_RATIO`, default 1.0) is `ParentBased(TraceIdRatioBased)`: a
+caller's sampling decision wins; root spans are kept at the ratio. An unsampled span is a no-op
+that still carries a valid trace id, so usage records keep their `trace_id` and vLLM still gets a
+`traceparent` (flagged unsampled) at any ratio.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Span
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -21,10 +28,14 @@ _PROPAGATOR = TraceContextTextMapPropagator()
 
 
 def build_tracer_provider(
-    service_name: str, exporter: SpanExporter | None = None
+    service_name: str, exporter: SpanExporter | None = None, *, sample_ratio: float = 1.0
 ) -> TracerProvider:
-    """A provider for one app. `exporter` (tests) wins over OTLP from the environment."""
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    """A provider for one app. `exporter` (tests: exported synchronously, so a test sees its
+    span as soon as the response is done) wins over OTLP from the environment."""
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": service_name}),
+        sampler=ParentBased(TraceIdRatioBased(sample_ratio)),
+    )
     if exporter is not None:
         from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
