@@ -36,6 +36,7 @@ import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from gpuledger.contracts import BudgetState, LeaseGrant, LeaseRequest, UsageRecord
+from sidecar.background import cancel_and_wait, serve_until_cancelled
 from sidecar.errors import RateLimited
 from sidecar.hooks import Admission, RequestContext
 from sidecar.policy import Policy, PolicyStore
@@ -350,18 +351,11 @@ class BudgetGuard:
 
     async def serve(self) -> None:
         """Background task form (sidecar/wiring.py): start, renew until cancelled, release."""
-        await self.start()
-        try:
-            await asyncio.Future()  # until the app's lifespan cancels it
-        finally:
-            await self.close()
+        await serve_until_cancelled(self.start, self.close)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if self._session is not None:
             # Hand leases back and report the last charges, so others can use what is left.
             held = [st for st in self.features.values() if st.lease_expires or st.unreported]

@@ -17,7 +17,6 @@ and `vllm:inter_token_latency_seconds` / `vllm:time_per_output_token_seconds`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -34,6 +33,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
+
+from sidecar.background import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -264,11 +265,8 @@ class EngineWatch:
         self._task = asyncio.create_task(self.run(), name="engine-watch")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -16,7 +16,6 @@ tells an operator the sidecar enforces a stale policy.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
@@ -25,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import ValidationError
 
 from gpuledger.contracts import PolicySnapshot
+from sidecar.background import cancel_and_wait, serve_until_cancelled
 from sidecar.policy import PolicyStore
 from sidecar.settings import Settings
 from sidecar.tracing import with_current_trace
@@ -92,18 +92,11 @@ class PolicySync:
 
     async def serve(self) -> None:
         """Background task form (sidecar/wiring.py): start, run until cancelled, close."""
-        await self.start()
-        try:
-            await asyncio.Future()  # until the app's lifespan cancels it
-        finally:
-            await self.close()
+        await serve_until_cancelled(self.start, self.close)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if self._session is not None:
             await self._session.close()
             self._session = None

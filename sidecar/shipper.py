@@ -27,6 +27,7 @@ import aiohttp
 from prometheus_client import CollectorRegistry, Counter
 
 from gpuledger.contracts import UsageRecord
+from sidecar.background import cancel_and_wait
 from sidecar.hooks import Admission, RequestContext
 from sidecar.settings import Settings
 from sidecar.spool import Spool, SpoolEntry, SpoolFull
@@ -91,9 +92,7 @@ class Shipper:
                     async with asyncio.timeout(flush_timeout_s):
                         await self.spool.empty.wait()
             self._stop.set()
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         if self._session is not None:
             await self._session.close()

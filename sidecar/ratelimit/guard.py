@@ -26,6 +26,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from gpuledger.contracts import PolicySnapshot, RateLimitPolicy, UsageRecord
+from sidecar.background import serve_until_cancelled
 from sidecar.errors import RateLimited, UpstreamUnavailable
 from sidecar.hooks import RequestContext
 from sidecar.ratelimit.base import (
@@ -296,10 +297,7 @@ class RateLimitGuard:
 
     async def serve(self) -> None:
         """A background task for the app's lifespan: idles, and closes the guard when cancelled."""
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await self.aclose()
+        await serve_until_cancelled(None, self.aclose)
 
 
 def build_rate_limit_guard(
