@@ -318,7 +318,8 @@ def test_over_cap_rejects_or_clamps(sidecar: Sidecar) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         sidecar.client().chat.completions.create(model="tiny", messages=CHAT, max_tokens=33)
     assert err.value.code == "max_tokens_exceeded" and err.value.param == "max_tokens"
-    rejected = sidecar.last_record()
+    # A refusal's record is written after its response (nothing ran to lose): look it up by id.
+    rejected = sidecar.record(err.value.response.headers["x-gpuledger-request-id"])
     assert rejected.status == "rejected:max_tokens_exceeded"
     (span,) = [s for s in sidecar.spans.get_finished_spans()
                if (s.attributes or {}).get("gpuledger.request_id") == rejected.id]  # fmt: skip
