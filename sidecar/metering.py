@@ -99,30 +99,6 @@ class Metering:
             self.attribution.track(clock, gpu_hourly_rate(engine.gpu_type, engine.hourly_rate_usd))
         return clock
 
-    async def finish(
-        self,
-        *,
-        request_id: str,
-        policy: Policy,
-        key_id: str | None,
-        feature: str,
-        model: str,
-        engine: EnginePolicy,
-        started_at: datetime,
-        t0: float,
-        outcome: Outcome,
-        actions: list[str],
-        span: Span | None,
-        admitted: bool,
-    ) -> UsageRecord:
-        record = self.build(
-            request_id=request_id, policy=policy, key_id=key_id, feature=feature, model=model,
-            engine=engine, started_at=started_at, t0=t0, outcome=outcome, actions=actions,
-            span=span, admitted=admitted,
-        )  # fmt: skip
-        await self.write(record)
-        return record
-
     def build(
         self,
         *,

@@ -185,11 +185,12 @@ class Proxy:
                         policy.feature_label(feature_name), exc.tier, exc.code
                     ).inc()
                 await send_error(send, exc, extra)
-            await c.metering.finish(
+            refused = c.metering.build(
                 request_id=request_id, policy=policy, key_id=key.id, feature=feature_name,
                 model=model, engine=engine, started_at=started_at, t0=t0, outcome=outcome,
                 actions=actions, span=self._span(scope, headers, op, model), admitted=False,
             )  # fmt: skip
+            await c.metering.write(refused)
             return
 
         span = self._span(scope, headers, op, model)

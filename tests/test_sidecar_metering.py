@@ -47,11 +47,12 @@ async def test_finish_writes_one_record_and_feeds_metrics_and_span() -> None:
     outcome = Outcome(ttft_s=0.01, mean_itl_s=0.002, finish_reasons=["length"])
     outcome.take_usage({"prompt_tokens": 9, "completion_tokens": 4})
     t0 = time.monotonic() - 0.05
-    record = await metering.finish(
+    record = metering.build(
         request_id=request_id, policy=policy, key_id="key_dev", feature="chat",
         model="a-model-not-in-the-policy", engine=engine, started_at=datetime.now(UTC), t0=t0,
         outcome=outcome, actions=[], span=span, admitted=True,
     )  # fmt: skip
+    await metering.write(record)
     assert sink.records == [record]
     assert record.gpu_seconds > 0 and record.cost_usd > 0  # H100 default hourly rate
     assert record.e2e_ms >= 50 and record.ttft_ms == 10 and record.finish_reason == "length"
