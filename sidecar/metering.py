@@ -1,6 +1,6 @@
 """One usage record per request: tokens from vLLM, GPU-seconds from attribution, money, metrics.
 
-`Metering.finish` (= `build` + `write`) runs exactly once per request that got past
+`Metering.build` then `Metering.write` run exactly once per request that got past
 authentication, whatever its outcome (ok, upstream_error, cancelled, rejected:<reason>). It writes
 the record to the sink, feeds the Prometheus metrics and the request's span. For a response that
 completes, the proxy (through `Ledger`) does it *before* relaying the final bytes, so a sidecar
