@@ -9,6 +9,7 @@ The app's lifespan runs in the server thread's own event loop, so a `MemorySink`
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
+from aiohttp import ClientSession, web
 from fastapi import FastAPI
 
 from gpuledger.contracts import PolicySnapshot
@@ -77,3 +79,63 @@ def dev_snapshot(engine_url: str, **feature_overrides: dict[str, object]) -> Pol
         engines=[e.model_dump() for e in engines], features=[f.model_dump() for f in features]
     )
     return PolicySnapshot.model_validate(data)
+
+
+class RecordingTap:
+    """A pass-through between the sidecar and vLLM that keeps what each side sent.
+
+    vLLM may merge several tokens into one SSE event when its output loop falls behind (the CI
+    machine is loaded), so two identical requests can stream different bytes. Comparing what the
+    client got with what vLLM sent *for the same request* is the only exact check."""
+
+    def __init__(self, engine_url: str) -> None:
+        self.engine_url = engine_url
+        self.exchanges: list[tuple[str, bytes, bytes]] = []  # (path, request body, response body)
+
+    def bodies(self, path: str) -> list[tuple[bytes, bytes]]:
+        return [(sent, got) for p, sent, got in self.exchanges if p == path]
+
+    async def relay(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+        async with (
+            ClientSession() as session,
+            session.request(
+                request.method, f"{self.engine_url}{request.path_qs}", data=body, headers=headers
+            ) as upstream,
+        ):
+            reply = web.StreamResponse(status=upstream.status)
+            reply.content_type = upstream.content_type
+            await reply.prepare(request)
+            received = bytearray()
+            async for chunk in upstream.content.iter_any():
+                received += chunk
+                await reply.write(chunk)
+            self.exchanges.append((request.path, body, bytes(received)))
+            await reply.write_eof()
+            return reply
+
+
+_HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
+
+
+@contextlib.contextmanager
+def run_recording_tap(engine_url: str) -> Iterator[tuple[str, RecordingTap]]:
+    """Serve a `RecordingTap` in front of `engine_url`; yields (its base URL, the tap)."""
+    tap = RecordingTap(engine_url)
+    port = free_port()
+    loop = asyncio.new_event_loop()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", tap.relay)
+    runner = web.AppRunner(app, access_log=None)
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+    thread = threading.Thread(target=loop.run_forever, name=f"tap-{port}", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}", tap
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()

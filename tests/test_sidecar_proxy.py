@@ -7,6 +7,7 @@ development: counter checks ("nothing reached vLLM") may flake there; in CI the 
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from sidecar.policy import PolicyStore
 from sidecar.settings import Settings
 from sidecar.sinks import MemorySink
 from tests.conftest import free_port
-from tests.sidecar_support import DEV_SECRET, dev_snapshot, run_sidecar
+from tests.sidecar_support import DEV_SECRET, dev_snapshot, run_recording_tap, run_sidecar
 
 pytestmark = pytest.mark.engine
 
@@ -114,12 +115,6 @@ def _engine_counters(engine_url: str) -> dict[str, float]:
     return out
 
 
-def _normalise(raw: str) -> str:
-    """SSE text without the per-request id and timestamp."""
-    raw = re.sub(r'"id":"[^"]+"', '"id":"X"', raw)
-    return re.sub(r'"created":\d+', '"created":0', raw)
-
-
 # --- parity with vLLM -------------------------------------------------------------------------
 
 
@@ -141,18 +136,44 @@ def test_sync_chat_equals_direct(sidecar: Sidecar, direct: openai.OpenAI) -> Non
     assert record.gpu_seconds > 0
 
 
-def test_stream_without_usage_is_byte_identical(sidecar: Sidecar, engine_url: str) -> None:
+def test_stream_without_usage_is_byte_identical(
+    engine_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The client gets exactly the bytes vLLM sent for its request, less the usage event the
+    sidecar asked for. A tap between the two records what vLLM really sent."""
     body = {"model": "tiny", "messages": CHAT, "max_tokens": 10, "temperature": 0, "stream": True}
-    want = httpx.post(f"{engine_url}/v1/chat/completions", json=body, timeout=120).text
-    resp = httpx.post(
-        f"{sidecar.url}/v1/chat/completions",
-        json=body,
-        headers={"authorization": f"Bearer {DEV_SECRET}"},
-        timeout=120,
-    )
-    assert resp.status_code == 200
-    assert _normalise(resp.text) == _normalise(want)  # the injected usage chunk is gone
-    record = sidecar.record(resp.headers["x-gpuledger-request-id"])
+    with run_recording_tap(engine_url) as (tap_url, tap):
+        store = PolicyStore(tmp_path_factory.mktemp("tap-state"))
+        store.replace(_snapshot(tap_url))
+        sink = MemorySink()
+        settings = Settings(upstream_url=tap_url, state_dir=store.state_path.parent)  # type: ignore[union-attr]
+        with run_sidecar(app=create_app(settings, policy_store=store, sink=sink)) as url:
+            resp = httpx.post(
+                f"{url}/v1/chat/completions",
+                json=body,
+                headers={"authorization": f"Bearer {DEV_SECRET}"},
+                timeout=120,
+            )
+            assert resp.status_code == 200
+            record = Sidecar(url, sink, InMemorySpanExporter()).record(
+                resp.headers["x-gpuledger-request-id"]
+            )
+    [(sent, from_vllm)] = tap.bodies("/v1/chat/completions")
+    assert json.loads(sent)["stream_options"] == {"include_usage": True}
+    events = from_vllm.decode().split("\n\n")
+    [usage_event] = [e for e in events if '"choices":[]' in e and '"usage":{' in e]
+    # Without usage, vLLM puts system_fingerprint on the finishing chunk; with it, on the usage
+    # chunk. The client must see the former.
+    fingerprint = re.search(r'"system_fingerprint":("[^"]*")', usage_event)
+    assert fingerprint is not None
+    want = [
+        e[:-1] + f',"system_fingerprint":{fingerprint.group(1)}}}'
+        if re.search(r'"finish_reason":"', e)
+        else e
+        for e in events
+        if e is not usage_event
+    ]
+    assert resp.text == "\n\n".join(want)
     assert record.output_tokens == 10 and record.input_tokens > 0
     assert record.ttft_ms is not None and record.ttft_ms <= record.e2e_ms
     assert "estimated_tokens" not in record.guardrail_actions
