@@ -57,6 +57,9 @@ class UsageRecord(_Wire):
     trace_id: str | None = None
     # The sidecar's request span (16 hex), so the control plane can parent its spans on it.
     span_id: str | None = None
+    # blake2b-64 (hex) of the prompt's first bytes: the control plane's prefix-cache report counts
+    # how many distinct openings a feature's prompts have. Never the prompt itself.
+    prompt_opening: str | None = None
 
 
 class UsageBatch(_Wire):

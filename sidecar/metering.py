@@ -47,6 +47,7 @@ class Outcome:
     ttft_s: float | None = None
     mean_itl_s: float | None = None
     estimated: bool = False  # tokens counted by the sidecar because vLLM reported none
+    prompt_opening: int | None = None  # PrefixAdvisor's hash of the prompt's first bytes
 
     def take_usage(self, usage: dict[str, Any]) -> None:
         """Tokens exactly as vLLM reported them (OpenAI `usage` shape)."""
@@ -160,6 +161,9 @@ class Metering:
             cloud_cost_usd=cloud,
             trace_id=_trace_id(span),
             span_id=_span_id(span),
+            prompt_opening=None
+            if outcome.prompt_opening is None
+            else f"{outcome.prompt_opening:016x}",
         )
         self.metrics.observe(
             record, policy.feature_label(feature), policy.model_label(model), outcome.mean_itl_s

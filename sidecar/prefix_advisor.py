@@ -92,16 +92,22 @@ class PrefixAdvisor:
                 w = self._features[feature] = _FeatureWindow(self.window)
         return w
 
-    def observe(self, feature: str, prompt_head: bytes, prompt_tokens: int | None = None) -> None:
-        """Record one request's prompt opening. `prompt_tokens` (estimate) sizes the waste; when
-        omitted, ~4 bytes per token of the head is assumed."""
+    def opening(self, prompt_head: bytes) -> int:
+        """The 64-bit hash that identifies a prompt opening (also sent on the usage record)."""
         digest = hashlib.blake2b(prompt_head[: self.head_bytes], digest_size=8).digest()
+        return int.from_bytes(digest, "little")
+
+    def observe(self, feature: str, prompt_head: bytes, prompt_tokens: int | None = None) -> int:
+        """Record one request's prompt opening and return its hash. `prompt_tokens` (estimate)
+        sizes the waste; when omitted, ~4 bytes per token of the head is assumed."""
+        opening = self.opening(prompt_head)
         w = self._window_for(feature)
-        new = w.push(int.from_bytes(digest, "little"))
+        new = w.push(opening)
         if new and self._is_unstable(w):
             tokens = prompt_tokens if prompt_tokens is not None else len(prompt_head) // 4
             cacheable = (tokens // self.block_tokens) * self.block_tokens
             w.wasted_s += cacheable * self.prefill_gpu_seconds_per_token
+        return opening
 
     def _is_unstable(self, w: _FeatureWindow) -> bool:
         return len(w.hashes) >= self.min_observations and w.ratio() >= self.unstable_threshold

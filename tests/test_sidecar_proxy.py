@@ -519,3 +519,18 @@ def test_batch_endpoint_is_refused(sidecar: Sidecar) -> None:
         headers={"authorization": f"Bearer {DEV_SECRET}"},
     )
     assert resp.status_code == 404 and resp.json()["error"]["code"] == "unsupported_endpoint"
+
+
+def test_record_carries_a_hash_of_the_prompt_opening_never_the_prompt(sidecar: Sidecar) -> None:
+    def opening(messages: Any) -> str | None:
+        raw = sidecar.client().chat.completions.with_raw_response.create(
+            model="tiny", messages=messages, max_tokens=2
+        )
+        return sidecar.record(raw.headers["x-gpuledger-request-id"]).prompt_opening
+
+    system = {"role": "system", "content": "You answer questions about the cache."}
+    first = opening([system, {"role": "user", "content": "what is a block?"}])
+    assert first is not None and re.fullmatch(r"[0-9a-f]{16}", first)
+    assert opening([system, {"role": "user", "content": "what is eviction?"}]) == first
+    stamped = {"role": "system", "content": f"Now: {time.time()}. You answer questions."}
+    assert opening([stamped, {"role": "user", "content": "what is a block?"}]) != first
