@@ -22,6 +22,7 @@ from control_plane.features.routes import router as features_router
 from control_plane.keys.routes import router as keys_router
 from control_plane.metrics import ControlPlaneMetrics
 from control_plane.policy.routes import router as policy_router
+from control_plane.prefix_cache.routes import router as prefix_cache_router
 from control_plane.rate_limits.routes import router as rate_limits_router
 from control_plane.reports.routes import router as reports_router
 from control_plane.settings import Settings
@@ -89,6 +90,7 @@ def create_app(
         rate_limits_router,
         engines_router,
         reports_router,
+        prefix_cache_router,
         alerts_router,
     ):
         app.include_router(router)

@@ -128,6 +128,7 @@ class UsageRecordRow(Base):
     cost_usd: Mapped[float] = mapped_column(Float)
     cloud_cost_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
     trace_id: Mapped[str | None] = mapped_column(String, nullable=True)
+    prompt_opening: Mapped[str | None] = mapped_column(String, nullable=True)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (
