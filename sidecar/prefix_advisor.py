@@ -1,8 +1,8 @@
 """Prefix-cache advisor: find features whose prompt opening changes from request to request.
 
-vLLM reuses KV blocks only for an identical *leading* run of tokens, in whole blocks (128 tokens on
-this engine). A system prompt that starts with a timestamp or the user's name defeats that for the
-entire static text behind it. Per feature we hash only the first `head_bytes` of the prompt
+vLLM reuses KV blocks only for an identical *leading* run of tokens, in whole blocks (16 tokens
+on a GPU by default, 128 on the CPU backend). A system prompt that starts with a timestamp or the
+user's name defeats that for the entire static text behind it. Per feature we hash only the first `head_bytes` of the prompt
 (blake2b, 8 bytes) and keep the last `window` hashes; the share of openings in that window that are
 distinct is the *unstable ratio* (1.0: every request starts differently; ~0: one fixed opening).
 
@@ -69,7 +69,7 @@ class PrefixAdvisor:
         window: int = 200,
         min_observations: int = 20,
         unstable_threshold: float = 0.5,
-        block_tokens: int = 128,
+        block_tokens: int = 16,
         prefill_gpu_seconds_per_token: float = 1e-4,
         max_features: int = 256,
     ) -> None:

@@ -98,3 +98,6 @@ class Settings(BaseSettings):
     prefix_head_bytes: int = 256
     # Prices wasted prefill for the prefix advisor (~10k prompt tokens/s on one H100 for an 8B).
     prefill_gpu_seconds_per_token: float = 1e-4
+    # vLLM's KV block (16 on GPUs by default, 128 on its CPU backend); the control plane's
+    # prefix-cache report reads the same variable.
+    prefix_cache_block_tokens: int = 16

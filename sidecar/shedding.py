@@ -159,6 +159,7 @@ def soft_guardrails(
     advisor = PrefixAdvisor(
         head_bytes=settings.prefix_head_bytes,
         prefill_gpu_seconds_per_token=settings.prefill_gpu_seconds_per_token,
+        block_tokens=settings.prefix_cache_block_tokens,
     )
     config = ShedConfig(
         kv_threshold=settings.shedding_kv_threshold,

@@ -22,8 +22,8 @@ def test_unstable_opening_is_reported_with_waste() -> None:
         adv.observe("stable", SYSTEM + f"user question {i}".encode(), prompt_tokens=300)
     rows = {r.feature: r for r in adv.report()}
     assert rows["stamped"].unstable and rows["stamped"].unstable_ratio == 1.0
-    # 91 requests after the first 9 (below min_observations); 300 tokens -> 256 cacheable.
-    assert rows["stamped"].wasted_prefill_gpu_seconds == pytest.approx(91 * 256 * 0.001)
+    # 91 requests after the first 9 (below min_observations); 300 tokens -> 288 in 16-token blocks.
+    assert rows["stamped"].wasted_prefill_gpu_seconds == pytest.approx(91 * 288 * 0.001)
     assert "static content" in rows["stamped"].advice
     assert not rows["stable"].unstable
     assert rows["stable"].distinct_openings == 1 and rows["stable"].observations == 50
@@ -32,7 +32,7 @@ def test_unstable_opening_is_reported_with_waste() -> None:
 
 
 def test_short_prompts_waste_nothing_and_head_only_is_hashed() -> None:
-    adv = PrefixAdvisor(head_bytes=16, min_observations=2)
+    adv = PrefixAdvisor(head_bytes=16, min_observations=2, block_tokens=128)
     for i in range(30):
         adv.observe("short", f"{i:03d} hello".encode(), prompt_tokens=50)  # < one 128-token block
         adv.observe("tail-varies", b"0123456789abcdef" + str(i).encode())  # differs after the head
