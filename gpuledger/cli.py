@@ -15,6 +15,7 @@ _COMMAND_MODULES = (
     "serving.engine_cli",
     "sidecar.cli",
     "sidecar.calibration_cli",
+    "sidecar.dead_letter_cli",
     "control_plane.cli",
     "dashboard.cli",
     "gpuledger.stack",

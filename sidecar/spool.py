@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -299,9 +301,30 @@ class Spool:
         await self.ack([entry])
 
     def _append_dead_sync(self, line: bytes) -> None:
-        fd = os.open(self.dead_letter_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
+        with locked_dead_letter(self.dead_letter_path) as fd:
             os.write(fd, line)
             os.fsync(fd)
+
+
+@contextlib.contextmanager
+def locked_dead_letter(path: Path) -> Iterator[int]:
+    """An O_APPEND fd on the dead-letter file (created if missing) under an exclusive flock.
+
+    `gpuledger dead-letter replay` rewrites the file by rename while holding this lock, so a
+    writer that opened the old file and waited for the lock must not write to it (that inode is
+    no longer linked: the line would be lost). It reopens until the fd it locked is the file at
+    `path`.
+    """
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                yield fd
+                return
         finally:
-            os.close(fd)
+            os.close(fd)  # also releases the lock
