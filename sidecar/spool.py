@@ -109,11 +109,25 @@ class Spool:
                 "Age of the oldest unacknowledged usage record (0 when the spool is empty)",
                 registry=registry,
             ).set_function(self.oldest_age_seconds)
+            Gauge(
+                "gpuledger_usage_dead_letter_pending_records",
+                "Usage records in the dead-letter file, waiting for `gpuledger dead-letter replay`",
+                registry=registry,
+            ).set_function(self.dead_letter_pending)
             self._m_dead = Counter(
                 "gpuledger_usage_dead_letter_total",
                 "Usage records the control plane refused (4xx) and that went to the dead-letter file",
                 registry=registry,
             )
+
+    def dead_letter_pending(self) -> int:
+        """Lines in the dead-letter file (read at scrape time: dead letters are rare and small,
+        and a replay run by another process changes the file under us)."""
+        try:
+            with self.dead_letter_path.open("rb") as f:
+                return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 16), b""))
+        except FileNotFoundError:
+            return 0
 
     # --- lifecycle ---------------------------------------------------------------------------
 
