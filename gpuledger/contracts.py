@@ -57,9 +57,13 @@ class UsageRecord(_Wire):
     trace_id: str | None = None
     # The sidecar's request span (16 hex), so the control plane can parent its spans on it.
     span_id: str | None = None
-    # blake2b-64 (hex) of the prompt's first bytes: the control plane's prefix-cache report counts
-    # how many distinct openings a feature's prompts have. Never the prompt itself.
+    # The prefix advisor's view of the prompt's opening (its first bytes): a blake2b-64 hash
+    # (never the text), whether this sidecar had not seen it among the feature's recent requests,
+    # and the prefill GPU-seconds the advisor estimates a changing opening wasted. The control
+    # plane sums the last two in its rollups for the prefix-cache report.
     prompt_opening: str | None = None
+    prompt_opening_new: bool | None = None
+    wasted_prefill_gpu_seconds: float = 0.0
 
 
 class UsageBatch(_Wire):

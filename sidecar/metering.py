@@ -24,6 +24,7 @@ from gpuledger.contracts import EnginePolicy, UsageRecord
 from sidecar.attribution import AttributionMetrics, EngineClock
 from sidecar.metrics import SidecarMetrics
 from sidecar.policy import Policy
+from sidecar.prefix_advisor import Opening
 from sidecar.pricing import CloudPriceTable, cost_usd, gpu_hourly_rate
 from sidecar.sinks import UsageSink
 
@@ -47,7 +48,7 @@ class Outcome:
     ttft_s: float | None = None
     mean_itl_s: float | None = None
     estimated: bool = False  # tokens counted by the sidecar because vLLM reported none
-    prompt_opening: int | None = None  # PrefixAdvisor's hash of the prompt's first bytes
+    opening: Opening | None = None  # the prefix advisor's view of the prompt's first bytes
 
     def take_usage(self, usage: dict[str, Any]) -> None:
         """Tokens exactly as vLLM reported them (OpenAI `usage` shape)."""
@@ -161,9 +162,11 @@ class Metering:
             cloud_cost_usd=cloud,
             trace_id=_trace_id(span),
             span_id=_span_id(span),
-            prompt_opening=None
-            if outcome.prompt_opening is None
-            else f"{outcome.prompt_opening:016x}",
+            prompt_opening=None if outcome.opening is None else outcome.opening.hash,
+            prompt_opening_new=None if outcome.opening is None else outcome.opening.new,
+            wasted_prefill_gpu_seconds=(
+                0.0 if outcome.opening is None else outcome.opening.wasted_prefill_gpu_seconds
+            ),
         )
         self.metrics.observe(
             record, policy.feature_label(feature), policy.model_label(model), outcome.mean_itl_s

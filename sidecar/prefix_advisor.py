@@ -37,6 +37,15 @@ class PrefixReportRow:
     advice: str
 
 
+@dataclass(frozen=True, slots=True)
+class Opening:
+    """One request's opening, as its usage record carries it to the control plane."""
+
+    hash: str  # blake2b-64 of the prompt's first bytes, hex: never the text
+    new: bool  # not among the feature's last `window` openings on this sidecar
+    wasted_prefill_gpu_seconds: float  # this request's share of the advisor's estimate
+
+
 class _FeatureWindow:
     __slots__ = ("counts", "hashes", "wasted_s")
 
@@ -92,22 +101,22 @@ class PrefixAdvisor:
                 w = self._features[feature] = _FeatureWindow(self.window)
         return w
 
-    def opening(self, prompt_head: bytes) -> int:
-        """The 64-bit hash that identifies a prompt opening (also sent on the usage record)."""
+    def observe(
+        self, feature: str, prompt_head: bytes, prompt_tokens: int | None = None
+    ) -> Opening:
+        """Record one request's prompt opening. `prompt_tokens` (estimate) sizes the waste; when
+        omitted, ~4 bytes per token of the head is assumed."""
         digest = hashlib.blake2b(prompt_head[: self.head_bytes], digest_size=8).digest()
-        return int.from_bytes(digest, "little")
-
-    def observe(self, feature: str, prompt_head: bytes, prompt_tokens: int | None = None) -> int:
-        """Record one request's prompt opening and return its hash. `prompt_tokens` (estimate)
-        sizes the waste; when omitted, ~4 bytes per token of the head is assumed."""
-        opening = self.opening(prompt_head)
+        opening = int.from_bytes(digest, "little")
         w = self._window_for(feature)
         new = w.push(opening)
+        wasted = 0.0
         if new and self._is_unstable(w):
             tokens = prompt_tokens if prompt_tokens is not None else len(prompt_head) // 4
             cacheable = (tokens // self.block_tokens) * self.block_tokens
-            w.wasted_s += cacheable * self.prefill_gpu_seconds_per_token
-        return opening
+            wasted = cacheable * self.prefill_gpu_seconds_per_token
+            w.wasted_s += wasted
+        return Opening(f"{opening:016x}", new, wasted)
 
     def _is_unstable(self, w: _FeatureWindow) -> bool:
         return len(w.hashes) >= self.min_observations and w.ratio() >= self.unstable_threshold

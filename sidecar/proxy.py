@@ -202,7 +202,7 @@ class Proxy:
         c.metering.clock(engine).admit(request_id, prompt_est, 0, n=fanout_of(body))
         if op != "other":  # prefix advisor (issue 7): hashes only the prompt's first bytes
             soft = soft_guardrails(c.settings, c.policy_store, c.registry)
-            outcome.prompt_opening = soft.advisor.observe(
+            outcome.opening = soft.advisor.observe(
                 policy.feature_label(feature_name),
                 prompt_head(body, soft.advisor.head_bytes),
                 prompt_est,

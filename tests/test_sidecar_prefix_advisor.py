@@ -15,12 +15,22 @@ SYSTEM = b"You are a helpful assistant for ACME. Answer briefly. " * 10
 
 def test_unstable_opening_is_reported_with_waste() -> None:
     adv = PrefixAdvisor(window=50, min_observations=10, prefill_gpu_seconds_per_token=0.001)
+    stamped, stable = [], []
     for i in range(100):
-        adv.observe(
-            "stamped", f"Now is 2026-11-27T10:{i:04d}. ".encode() + SYSTEM, prompt_tokens=300
+        stamped.append(
+            adv.observe(
+                "stamped", f"Now is 2026-11-27T10:{i:04d}. ".encode() + SYSTEM, prompt_tokens=300
+            )
         )
-        adv.observe("stable", SYSTEM + f"user question {i}".encode(), prompt_tokens=300)
+        stable.append(adv.observe("stable", SYSTEM + f"user question {i}".encode(), 300))
     rows = {r.feature: r for r in adv.report()}
+    # What each request's record carries adds up to the advisor's own totals.
+    assert all(o.new for o in stamped) and [o.new for o in stable] == [True] + [False] * 99
+    assert len({o.hash for o in stable}) == 1 and len({o.hash for o in stamped}) == 100
+    assert sum(o.wasted_prefill_gpu_seconds for o in stamped) == pytest.approx(
+        rows["stamped"].wasted_prefill_gpu_seconds
+    )
+    assert sum(o.wasted_prefill_gpu_seconds for o in stable) == 0.0
     assert rows["stamped"].unstable and rows["stamped"].unstable_ratio == 1.0
     # 91 requests after the first 9 (below min_observations); 300 tokens -> 288 in 16-token blocks.
     assert rows["stamped"].wasted_prefill_gpu_seconds == pytest.approx(91 * 288 * 0.001)

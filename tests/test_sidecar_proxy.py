@@ -522,15 +522,20 @@ def test_batch_endpoint_is_refused(sidecar: Sidecar) -> None:
 
 
 def test_record_carries_a_hash_of_the_prompt_opening_never_the_prompt(sidecar: Sidecar) -> None:
-    def opening(messages: Any) -> str | None:
+    def record(messages: Any) -> UsageRecord:
         raw = sidecar.client().chat.completions.with_raw_response.create(
             model="tiny", messages=messages, max_tokens=2
         )
-        return sidecar.record(raw.headers["x-gpuledger-request-id"]).prompt_opening
+        return sidecar.record(raw.headers["x-gpuledger-request-id"])
 
     system = {"role": "system", "content": "You answer questions about the cache."}
-    first = opening([system, {"role": "user", "content": "what is a block?"}])
-    assert first is not None and re.fullmatch(r"[0-9a-f]{16}", first)
-    assert opening([system, {"role": "user", "content": "what is eviction?"}]) == first
+    first = record([system, {"role": "user", "content": "what is a block?"}])
+    assert first.prompt_opening is not None and re.fullmatch(r"[0-9a-f]{16}", first.prompt_opening)
+    assert first.prompt_opening_new is True
+    again = record([system, {"role": "user", "content": "what is eviction?"}])
+    assert (again.prompt_opening, again.prompt_opening_new) == (first.prompt_opening, False)
     stamped = {"role": "system", "content": f"Now: {time.time()}. You answer questions."}
-    assert opening([stamped, {"role": "user", "content": "what is a block?"}]) != first
+    other = record([stamped, {"role": "user", "content": "what is a block?"}])
+    assert other.prompt_opening != first.prompt_opening and other.prompt_opening_new is True
+    # Too few requests in the feature's window to call it unstable: no waste charged yet.
+    assert first.wasted_prefill_gpu_seconds == other.wasted_prefill_gpu_seconds == 0.0
