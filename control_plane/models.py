@@ -162,6 +162,26 @@ class UsageRollup(Base):
     __table_args__ = (Index("ix_usage_rollups_feature_minute", "feature", "minute"),)
 
 
+class LatencyRollup(Base):
+    """Per-minute latency histograms per feature / model, maintained on ingest beside the rollups.
+
+    One row per non-empty bucket: `metric` is ttft | itl | e2e, `le_ms` the bucket's upper bound
+    (Prometheus' `le`; infinity for the overflow bucket). Counts are added with one upsert per row,
+    which is atomic on both dialects; a JSON array of counts would need a read-modify-write.
+    The bounds are in control_plane/usage/latency.py.
+    """
+
+    __tablename__ = "latency_rollups"
+    minute: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    feature: Mapped[str] = mapped_column(String, primary_key=True)
+    model: Mapped[str] = mapped_column(String, primary_key=True)
+    metric: Mapped[str] = mapped_column(String(8), primary_key=True)
+    le_ms: Mapped[float] = mapped_column(Float, primary_key=True)
+    requests: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (Index("ix_latency_rollups_feature_minute", "feature", "minute"),)
+
+
 class Lease(Base):
     """The outstanding budget lease of one sidecar for one feature (at most one)."""
 

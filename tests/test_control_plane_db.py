@@ -36,6 +36,7 @@ TABLES = {
     "engines",
     "usage_records",
     "usage_rollups",
+    "latency_rollups",
     "leases",
     "settlements",
     "alerts",
@@ -103,6 +104,27 @@ async def test_migrations_match_the_models(db_url: str) -> None:
                 lambda c: compare_metadata(MigrationContext.configure(c), Base.metadata)
             )
         assert diff == []
+    finally:
+        await engine.dispose()
+
+
+async def test_latency_rollups_migration_up_and_down(db_url: str) -> None:
+    """0003 adds only latency_rollups (with its index) and its downgrade removes only it."""
+    engine = db.create_engine(db_url)
+    try:
+        await db.migrate(engine, "upgrade", "0002")
+        assert "latency_rollups" not in await _tables(engine)
+        await db.migrate(engine, "upgrade", "0003")
+        assert await _tables(engine) == TABLES
+        async with engine.connect() as conn:
+            pk = await conn.run_sync(lambda c: inspect(c).get_pk_constraint("latency_rollups"))
+            indexes = await conn.run_sync(lambda c: inspect(c).get_indexes("latency_rollups"))
+        assert pk["name"] == "pk_latency_rollups"
+        assert pk["constrained_columns"] == ["minute", "feature", "model", "metric", "le_ms"]
+        assert [i["name"] for i in indexes] == ["ix_latency_rollups_feature_minute"]
+        await db.migrate(engine, "downgrade", "0002")
+        assert await _tables(engine) == TABLES - {"latency_rollups"}
+        assert await db.current_revision(engine) == "0002"
     finally:
         await engine.dispose()
 

@@ -10,10 +10,12 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from control_plane.db import dialect_insert
-from control_plane.models import UsageRecordRow, UsageRollup
+from control_plane.models import LatencyRollup, UsageRecordRow, UsageRollup
+from control_plane.usage.latency import LATENCY_KEY
 
 _RECORDS = UsageRecordRow.__table__
 _ROLLUPS = UsageRollup.__table__
+_LATENCY = LatencyRollup.__table__
 ROLLUP_KEY = ("minute", "feature", "model", "key_id", "upstream")
 ROLLUP_SUMS = (
     "requests",
@@ -52,6 +54,17 @@ class UsageRepository:
         stmt = stmt.on_conflict_do_update(
             index_elements=list(ROLLUP_KEY),
             set_={c: _ROLLUPS.c[c] + stmt.excluded[c] for c in ROLLUP_SUMS},
+        )
+        await self.session.execute(stmt, deltas)
+
+    async def add_to_latency(self, deltas: list[dict[str, Any]]) -> None:
+        """Upsert adding bucket counts (see usage/latency.py); sorted like add_to_rollups."""
+        if not deltas:
+            return
+        stmt = dialect_insert(self.session, _LATENCY)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=list(LATENCY_KEY),
+            set_={"requests": _LATENCY.c.requests + stmt.excluded.requests},
         )
         await self.session.execute(stmt, deltas)
 

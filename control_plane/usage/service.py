@@ -1,9 +1,10 @@
 """Usage ingestion: exactly-once accounting from at-least-once shipping.
 
 One transaction per batch: insert the records that are new (ON CONFLICT DO NOTHING on the
-record id, RETURNING the ids actually inserted), add only those to the per-minute rollups, commit,
-then acknowledge. A replayed batch finds every id present, adds nothing, and is acknowledged as
-duplicates; a crash before commit stores nothing, so the sidecar's retry counts it once.
+record id, RETURNING the ids actually inserted), add only those to the per-minute rollups and
+latency histograms, commit, then acknowledge. A replayed batch finds every id present, adds
+nothing, and is acknowledged as duplicates; a crash before commit stores nothing, so the
+sidecar's retry counts it once.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from control_plane.db import utcnow
 from control_plane.metrics import ControlPlaneMetrics
 from control_plane.models import UsageRecordRow
 from control_plane.tracing import record_ingest_spans
+from control_plane.usage.latency import latency_deltas
 from control_plane.usage.repository import ROLLUP_KEY, ROLLUP_SUMS, UsageRepository
 from gpuledger.contracts import UsageBatch, UsageBatchAck, UsageRecord
 
@@ -65,6 +67,7 @@ async def ingest(
     new_ids = await repo.insert_new([_row(r, received) for r in ordered])
     new = [r for r in ordered if r.id in new_ids]
     await repo.add_to_rollups(rollup_deltas(new))
+    await repo.add_to_latency(latency_deltas(new))
     await check_alerts(session, {r.feature for r in new})
     await session.commit()
     record_ingest_spans(ordered, new_ids, started_ns)
