@@ -1,19 +1,21 @@
-"""Pure computations behind the pages: budget outlook, burn-down, latency percentiles, the
-break-even verdict and number formatting. No Streamlit here, so all of it is unit-testable."""
+"""Pure computations behind the pages: budget outlook, burn-down, latency rows and SLO verdicts,
+the break-even verdict and number formatting. No Streamlit here, so all of it is unit-testable."""
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from control_plane.budgets.schemas import BudgetOut
-from control_plane.features.schemas import FeatureOut
-from control_plane.reports.schemas import CostReport, CostRow, EngineUtilization
-from control_plane.usage.schemas import UsageRecordOut
+from control_plane.reports.schemas import (
+    CostReport,
+    CostRow,
+    EngineUtilization,
+    LatencyReport,
+    OverSlo,
+)
 
 DAY = 86_400.0
 
@@ -206,67 +208,44 @@ def break_even_verdict(e: EngineUtilization) -> Verdict:
 # --- latency ----------------------------------------------------------------------------------
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile (q in 0..100); NaN for no values."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+def slo_verdict(
+    ttft_p95: float | None, slo_ttft: float | None, e2e_p95: float | None, slo_e2e: float | None
+) -> str:
+    """ "no SLO", "met", or "breached: <what>" when a P95 is above its SLO."""
+    if slo_ttft is None and slo_e2e is None:
+        return "no SLO"
+    misses = [
+        name
+        for name, p95, slo in (("TTFT", ttft_p95, slo_ttft), ("e2e", e2e_p95, slo_e2e))
+        if slo is not None and p95 is not None and p95 > slo
+    ]
+    return "breached: " + ", ".join(misses) if misses else "met"
 
 
-def inter_token_ms(r: UsageRecordOut) -> float | None:
-    """A request's mean gap between output tokens: (e2e - TTFT) / (output tokens - 1)."""
-    if r.ttft_ms is None or r.output_tokens < 2:
-        return None
-    return max(r.e2e_ms - r.ttft_ms, 0.0) / (r.output_tokens - 1)
+def fmt_share(over: OverSlo | None) -> str:
+    """Share of requests over an SLO; with its possible range when the SLO is inside a bucket."""
+    if over is None:
+        return "—"
+    if over.exact:
+        return fmt_pct(over.estimate)
+    return f"≈{fmt_pct(over.estimate)} ({fmt_pct(over.at_least)}-{fmt_pct(over.at_most)})"
 
 
-def latency_table(
-    records: Iterable[UsageRecordOut], features: Iterable[FeatureOut]
-) -> list[dict[str, Any]]:
-    """P50/P95 per feature of successful requests, with the feature's SLOs beside them."""
-    slos = {f.name: f for f in features}
-    ttft: dict[str, list[float]] = defaultdict(list)
-    itl: dict[str, list[float]] = defaultdict(list)
-    e2e: dict[str, list[float]] = defaultdict(list)
-    for r in records:
-        if r.status != "ok":
-            continue
-        e2e[r.feature].append(r.e2e_ms)
-        if r.ttft_ms is not None:
-            ttft[r.feature].append(r.ttft_ms)
-        gap = inter_token_ms(r)
-        if gap is not None:
-            itl[r.feature].append(gap)
+def latency_rows(report: LatencyReport) -> list[dict[str, Any]]:
+    """Table rows for the latency report: percentiles per group, SLOs, the share over them."""
     rows: list[dict[str, Any]] = []
-    for feature in sorted(e2e):
-        f = slos.get(feature)
-        slo_ttft = f.slo_ttft_ms if f else None
-        slo_e2e = f.slo_e2e_ms if f else None
-        p95_ttft = percentile(ttft[feature], 95)
-        p95_e2e = percentile(e2e[feature], 95)
-        breaches = [
-            name
-            for name, p95, slo in (("TTFT", p95_ttft, slo_ttft), ("e2e", p95_e2e, slo_e2e))
-            if slo is not None and not math.isnan(p95) and p95 > slo
-        ]
-        rows.append(
-            {
-                "feature": feature,
-                "requests": len(e2e[feature]),
-                "ttft_p50_ms": percentile(ttft[feature], 50),
-                "ttft_p95_ms": p95_ttft,
-                "slo_ttft_ms": slo_ttft,
-                "itl_p50_ms": percentile(itl[feature], 50),
-                "itl_p95_ms": percentile(itl[feature], 95),
-                "e2e_p50_ms": percentile(e2e[feature], 50),
-                "e2e_p95_ms": p95_e2e,
-                "slo_e2e_ms": slo_e2e,
-                "slo": "no SLO"
-                if slo_ttft is None and slo_e2e is None
-                else ("breached: " + ", ".join(breaches) if breaches else "met"),
-            }
-        )
+    for r in report.rows:
+        row: dict[str, Any] = {"feature": r.group, "requests": r.requests}
+        for key in ("ttft", "itl", "e2e"):
+            stats = getattr(r, key)
+            for pct in ("p50", "p95", "p99"):
+                row[f"{key}_{pct}_ms"] = getattr(stats, f"{pct}_ms")
+        row |= {
+            "slo_ttft_ms": r.slo_ttft_ms,
+            "slo_e2e_ms": r.slo_e2e_ms,
+            "ttft_over_slo": fmt_share(r.ttft_over_slo),
+            "e2e_over_slo": fmt_share(r.e2e_over_slo),
+            "slo": slo_verdict(r.ttft.p95_ms, r.slo_ttft_ms, r.e2e.p95_ms, r.slo_e2e_ms),
+        }
+        rows.append(row)
     return rows

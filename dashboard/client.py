@@ -18,7 +18,13 @@ from control_plane.budgets.schemas import BudgetOut
 from control_plane.engines.schemas import EngineOut
 from control_plane.features.schemas import FeatureOut
 from control_plane.keys.schemas import KeyOut
-from control_plane.reports.schemas import CostGroup, CostReport, UtilizationReport
+from control_plane.reports.schemas import (
+    CostGroup,
+    CostReport,
+    LatencyGroup,
+    LatencyReport,
+    UtilizationReport,
+)
 from control_plane.usage.schemas import UsageRecordOut
 
 M = TypeVar("M", bound=BaseModel)
@@ -129,6 +135,25 @@ class ControlPlaneClient:
     def utilization(self, start: datetime | None, end: datetime | None) -> UtilizationReport:
         params = {"start": _iso(start), "end": _iso(end)}
         return UtilizationReport.model_validate(self._get("/api/v1/reports/utilization", params))
+
+    def latency(
+        self,
+        start: datetime | None,
+        end: datetime | None,
+        *,
+        group_by: LatencyGroup = "feature",
+        feature: str | None = None,
+        model: str | None = None,
+    ) -> LatencyReport:
+        """P50/P95/P99 TTFT, inter-token and e2e latency from the control plane's histograms."""
+        params = {
+            "group_by": group_by,
+            "start": _iso(start),
+            "end": _iso(end),
+            "feature": feature,
+            "model": model,
+        }
+        return LatencyReport.model_validate(self._get("/api/v1/reports/latency", params))
 
     def records(
         self,

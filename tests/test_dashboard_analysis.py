@@ -1,18 +1,23 @@
 """The dashboard's pure computations: budget outlook, burn-down, break-even verdicts, latency
-percentiles and number formatting."""
+rows and SLO verdicts, and number formatting."""
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from control_plane.budgets.schemas import BudgetOut
-from control_plane.features.schemas import FeatureOut
-from control_plane.reports.schemas import CostReport, CostRow, EngineUtilization
-from control_plane.usage.schemas import UsageRecordOut
+from control_plane.reports.schemas import (
+    CostReport,
+    CostRow,
+    EngineUtilization,
+    LatencyReport,
+    LatencyRow,
+    OverSlo,
+    Percentiles,
+)
 from dashboard.analysis import (
     break_even_verdict,
     budget_outlook,
@@ -23,9 +28,8 @@ from dashboard.analysis import (
     fmt_pct,
     fmt_usd,
     fmt_when,
-    inter_token_ms,
-    latency_table,
-    percentile,
+    latency_rows,
+    slo_verdict,
 )
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
@@ -171,60 +175,59 @@ def test_break_even_verdicts() -> None:
     assert break_even_verdict(engine(hourly_rate_usd=0.0)).level == "info"
 
 
-def test_percentile_interpolates() -> None:
-    values = [float(v) for v in range(1, 101)]
-    assert percentile(values, 50) == pytest.approx(50.5)
-    assert percentile(values, 95) == pytest.approx(95.05)
-    assert percentile([7.0], 95) == 7.0
-    assert math.isnan(percentile([], 50))
+def _row(group: str, ttft_p95: float | None, e2e_p95: float | None, **kw: Any) -> LatencyRow:
+    def stats(p95: float | None) -> Percentiles:
+        n = 0 if p95 is None else 100
+        return Percentiles(count=n, p50_ms=p95 and p95 / 2, p95_ms=p95, p99_ms=p95 and p95 * 2)
+
+    values: dict[str, Any] = {
+        "group": group,
+        "requests": 100,
+        "ttft": stats(ttft_p95),
+        "itl": stats(None),
+        "e2e": stats(e2e_p95),
+        "slo_ttft_ms": None,
+        "slo_e2e_ms": None,
+        "ttft_over_slo": None,
+        "e2e_over_slo": None,
+    }
+    values.update(kw)
+    return LatencyRow(**values)
 
 
-def record(
-    feature: str, ttft: float | None, e2e: float, out: int, status: str = "ok"
-) -> UsageRecordOut:
-    return UsageRecordOut(
-        id=f"r-{feature}-{ttft}-{e2e}",
-        key_id=None,
-        feature=feature,
-        model="tiny",
-        backend="vllm",
-        upstream="local",
-        sidecar_id="s",
-        started_at=NOW,
-        ttft_ms=ttft,
-        e2e_ms=e2e,
-        input_tokens=10,
-        cached_input_tokens=0,
-        output_tokens=out,
-        finish_reason="stop",
-        status=status,
-        guardrail_actions=[],
-        gpu_seconds=0.1,
-        cost_usd=0.0,
-        cloud_cost_usd=None,
-        trace_id=None,
-        received_at=NOW,
+def test_latency_rows_from_the_report() -> None:
+    inside = OverSlo(estimate=0.08, at_least=0.05, at_most=0.1, exact=False)
+    on_bound = OverSlo(estimate=0.02, at_least=0.02, at_most=0.02, exact=True)
+    rows = [
+        _row("chat", 400.0, 900.0, slo_ttft_ms=300.0, ttft_over_slo=inside),
+        _row("batch", 50.0, 500.0),
+        _row("search", 100.0, 2000.0, slo_ttft_ms=200.0, slo_e2e_ms=1000.0, e2e_over_slo=on_bound),
+    ]
+    report = LatencyReport(
+        group_by="feature",
+        start=None,
+        end=None,
+        bucket_bounds_ms=[1.0, 10.0],
+        rows=rows,
+        totals=_row("total", 400.0, 2000.0),
     )
-
-
-def test_inter_token_gap() -> None:
-    assert inter_token_ms(record("a", 100, 1100, 11)) == pytest.approx(100.0)
-    assert inter_token_ms(record("a", 100, 1100, 1)) is None
-    assert inter_token_ms(record("a", None, 1100, 11)) is None
-
-
-def test_latency_table_against_slos() -> None:
-    feature = FeatureOut(name="chat", slo_ttft_ms=150, slo_e2e_ms=5000, created_at=NOW)
-    records = [record("chat", float(t), 1000.0, 11) for t in (100, 100, 100, 400)]
-    records.append(record("chat", 9999.0, 99_999.0, 11, status="upstream_error"))  # ignored
-    records.append(record("batch", 50.0, 500.0, 2))
-    rows = {r["feature"]: r for r in latency_table(records, [feature])}
-    chat = rows["chat"]
-    assert chat["requests"] == 4
-    assert chat["ttft_p50_ms"] == 100.0
-    assert chat["ttft_p95_ms"] == pytest.approx(355.0)
+    out = {r["feature"]: r for r in latency_rows(report)}
+    chat = out["chat"]
+    assert (chat["ttft_p50_ms"], chat["ttft_p95_ms"], chat["ttft_p99_ms"]) == (200, 400, 800)
+    assert chat["itl_p95_ms"] is None
     assert chat["slo"] == "breached: TTFT"
-    assert rows["batch"]["slo"] == "no SLO"
+    assert chat["ttft_over_slo"] == "≈8.0% (5.0%-10.0%)"
+    assert chat["e2e_over_slo"] == "—"
+    assert out["batch"]["slo"] == "no SLO"
+    assert out["search"]["slo"] == "breached: e2e"
+    assert out["search"]["e2e_over_slo"] == "2.0%"
+
+
+def test_slo_verdict() -> None:
+    assert slo_verdict(100.0, 200.0, 900.0, 1000.0) == "met"
+    assert slo_verdict(300.0, 200.0, 1100.0, 1000.0) == "breached: TTFT, e2e"
+    assert slo_verdict(None, 200.0, None, None) == "met"  # nothing measured, nothing breached
+    assert slo_verdict(300.0, None, 1100.0, None) == "no SLO"
 
 
 def test_formatting() -> None:

@@ -5,19 +5,23 @@ install, the unreachable / wrong-token banners and the password gate."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard.analysis import fmt_hours, fmt_usd
+from control_plane.reports.schemas import LatencyReport
+from dashboard.analysis import fmt_hours, fmt_ms, fmt_usd
 from gpuledger.contracts import UsageRecord
 from tests.conftest import free_port
 from tests.control_plane_support import (
     ADMIN_TOKEN,
     admin_client,
     cp_settings,
+    make_record,
+    post_usage,
     run_control_plane,
     seed_policy,
     seed_usage,
@@ -144,20 +148,52 @@ def test_utilization_page_warns_about_an_idle_gpu(
     assert {"h100-a utilization", "local-cpu utilization"} <= set(_metrics(at))
 
 
-def test_latency_page_shows_percentiles_slos_and_alerts(
+def test_latency_page_shows_the_latency_report(
     seeded: tuple[str, list[UsageRecord]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url, records = seeded
     _env(monkeypatch, url)
+    end = datetime.now(UTC)
+    with admin_client(url) as client:
+        resp = client.get(
+            "/api/v1/reports/latency",
+            params={"start": (end - timedelta(days=7)).isoformat(), "end": end.isoformat()},
+        )
+    report = LatencyReport.model_validate(resp.json())
+    support = next(r for r in report.rows if r.group == "support-bot")
+    ok = [r for r in _ok(records) if r.feature == "support-bot"]
+    assert support.requests == len(ok)
+    # Every generated TTFT is 80 ms: the report interpolates inside its (75, 100] bucket.
+    assert support.ttft.p95_ms is not None and 75 <= support.ttft.p95_ms <= 100
+
     at = _page("latency")
     metrics = {m.label: (m.value, m.delta) for m in at.metric}
-    # The generator gives every request an 80 ms TTFT; support-bot's SLO is 800 ms.
-    assert metrics["support-bot · P95 TTFT"] == ("80 ms", "SLO 800 ms · met")
+    assert metrics["support-bot · P95 TTFT"] == (
+        fmt_ms(support.ttft.p95_ms),
+        "SLO 800 ms · met",
+    )
     table = at.dataframe[0].value
+    assert list(table["feature"]) == [r.group for r in report.rows]
     row = table[table["feature"] == "support-bot"].iloc[0]
-    assert row["requests"] == len([r for r in _ok(records) if r.feature == "support-bot"])
+    assert row["requests"] == support.requests
+    assert row["e2e_p99_ms"] == pytest.approx(support.e2e.p99_ms)
+    assert row["itl_p50_ms"] == pytest.approx(support.itl.p50_ms)
+    assert row["ttft_over_slo"] == "0.0%"
+    assert f"({report.totals.requests:,})" in _text(at)
     assert any("summarizer" in e.value and "budget exhausted" in e.value for e in at.error)
     assert "KV-cache" in _text(at)
+
+
+def test_latency_page_without_histograms_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only failed requests: usage exists, but no latency was measured.
+    with run_control_plane(cp_settings(sqlite_url(tmp_path))) as url:
+        post_usage(url, [make_record(status="upstream_error") for _ in range(5)])
+        _env(monkeypatch, url)
+        at = _page("latency")
+    assert any("No latency histograms in this range" in i.value for i in at.info)
+    assert not any("No usage yet" in i.value for i in at.info)
 
 
 def test_escalations_page_explains_the_empty_log(

@@ -78,6 +78,25 @@ def test_reports(client: ControlPlaneClient) -> None:
     assert sum(e.attributed_gpu_seconds for e in util.engines) == pytest.approx(RECORDS * 1.0)
 
 
+def test_latency_report(client: ControlPlaneClient) -> None:
+    end = datetime.now(UTC) + timedelta(minutes=1)
+    start = end - timedelta(days=1)
+    report = client.latency(start, end)
+    assert [r.group for r in report.rows] == ["support-bot"]
+    row = report.rows[0]
+    # make_record: TTFT 80 ms and e2e 900 ms, in the (75, 100] and (750, 1000] buckets
+    assert row.requests == row.ttft.count == RECORDS
+    assert row.ttft.p50_ms is not None and 75 <= row.ttft.p50_ms <= 100
+    assert row.e2e.p95_ms is not None and 750 <= row.e2e.p95_ms <= 1000
+    assert row.slo_ttft_ms == 800 and row.ttft_over_slo is not None
+    assert row.ttft_over_slo.estimate == 0
+    by_model = client.latency(start, end, group_by="model", feature="support-bot", model="tiny")
+    assert [(r.group, r.requests) for r in by_model.rows] == [("tiny", RECORDS)]
+    assert client.latency(start, end, feature="summarizer").rows == []
+    with pytest.raises(ControlPlaneRequestError, match="422"):
+        client.latency(end, start)
+
+
 def test_records_page_through_the_limit_and_stop_at_the_cap(client: ControlPlaneClient) -> None:
     everything = client.records(None, None, cap=5000)
     assert len(everything) == RECORDS

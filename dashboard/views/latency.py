@@ -1,6 +1,7 @@
-"""Latency and health: P50/P95 TTFT, inter-token latency and e2e per feature against SLOs,
-KV-cache usage and active alerts. The control plane's ledger gives per-request timings; when
-Prometheus is configured, the sidecars' histograms, the engine gauges and firing alerts too."""
+"""Latency and health: P50/P95/P99 TTFT, inter-token latency and e2e per feature against SLOs,
+KV-cache usage and active alerts. The control plane's latency report (summed per-minute
+histograms) covers the whole range; when Prometheus is configured, the sidecars' own histograms,
+the engine gauges and firing alerts too."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import altair as alt
 import streamlit as st
 
 from dashboard import ui
-from dashboard.analysis import fmt_ms, fmt_pct, latency_table
+from dashboard.analysis import fmt_ms, fmt_pct, latency_rows, slo_verdict
 from dashboard.prometheus import (
     ENGINE_GAUGES,
     LATENCY_HISTOGRAMS,
@@ -21,16 +22,21 @@ from dashboard.prometheus import (
 
 ALERT_WORDS = {"soft_threshold": "soft threshold crossed", "budget_exhausted": "budget exhausted"}
 KV_WARN = 0.85  # the same threshold as the GpuledgerKvCacheHigh alert rule
+# Prometheus' table has P50/P95; the ledger's adds P99 and the share of requests over the SLO.
 MS_COLUMNS = {
     "ttft_p50_ms": ("TTFT P50 ms", "%.0f"),
     "ttft_p95_ms": ("TTFT P95 ms", "%.0f"),
+    "ttft_p99_ms": ("TTFT P99 ms", "%.0f"),
     "slo_ttft_ms": ("TTFT SLO ms", "%.0f"),
     "itl_p50_ms": ("ITL P50 ms", "%.1f"),
     "itl_p95_ms": ("ITL P95 ms", "%.1f"),
+    "itl_p99_ms": ("ITL P99 ms", "%.1f"),
     "e2e_p50_ms": ("e2e P50 ms", "%.0f"),
     "e2e_p95_ms": ("e2e P95 ms", "%.0f"),
+    "e2e_p99_ms": ("e2e P99 ms", "%.0f"),
     "slo_e2e_ms": ("e2e SLO ms", "%.0f"),
 }
+SHARE_COLUMNS = {"ttft_over_slo": "TTFT over SLO", "e2e_over_slo": "e2e over SLO"}
 
 
 def _alerts(prom: PrometheusClient | None) -> None:
@@ -65,7 +71,7 @@ def _chart(rows: list[dict[str, Any]]) -> None:
     long = ui.chart_data(
         {"feature": r["feature"], "metric": metric, "percentile": pct, "ms": r[f"{key}_{pct}_ms"]}
         for metric, key in (("TTFT", "ttft"), ("inter-token", "itl"), ("e2e", "e2e"))
-        for pct in ("p50", "p95")
+        for pct in ("p50", "p95", "p99")
         for r in rows
     )
     st.altair_chart(
@@ -88,16 +94,19 @@ def _table(rows: list[dict[str, Any]]) -> None:
     if "requests" in rows[0]:
         columns["requests"] = st.column_config.NumberColumn("Requests", format="%d")
     for key, (label, fmt) in MS_COLUMNS.items():
-        columns[key] = st.column_config.NumberColumn(label, format=fmt)
-    columns["slo"] = "SLO"
+        if key in rows[0]:
+            columns[key] = st.column_config.NumberColumn(label, format=fmt)
+    columns |= {key: label for key, label in SHARE_COLUMNS.items() if key in rows[0]}
+    columns["slo"] = "SLO at P95"
     ui.table(rows, columns)
 
 
 def _prometheus_latency(prom: PrometheusClient, window_s: int) -> list[dict[str, Any]]:
     """Per-feature P50/P95 from the sidecars' histograms, with SLOs from the control plane."""
     values: dict[str, dict[str, float]] = {}
+    pcts = (("p50", 0.5), ("p95", 0.95))
     for key, metric in LATENCY_HISTOGRAMS.items():
-        for pct, q in (("p50", 0.5), ("p95", 0.95)):
+        for pct, q in pcts:
             for feature, seconds in prom.by_label(
                 quantile_expr(metric, q, window_s), "feature"
             ).items():
@@ -108,27 +117,20 @@ def _prometheus_latency(prom: PrometheusClient, window_s: int) -> list[dict[str,
         f = slos.get(feature)
         row: dict[str, Any] = {
             "feature": feature,
-            **{k: None for k in MS_COLUMNS},
+            **{f"{key}_{pct}_ms": None for key in LATENCY_HISTOGRAMS for pct, _ in pcts},
             **values[feature],
         }
         row["slo_ttft_ms"] = f.slo_ttft_ms if f else None
         row["slo_e2e_ms"] = f.slo_e2e_ms if f else None
-        misses = [
-            name
-            for name, p95, slo in (
-                ("TTFT", row["ttft_p95_ms"], row["slo_ttft_ms"]),
-                ("e2e", row["e2e_p95_ms"], row["slo_e2e_ms"]),
-            )
-            if slo is not None and p95 is not None and p95 > slo
-        ]
-        no_slo = row["slo_ttft_ms"] is None and row["slo_e2e_ms"] is None
-        row["slo"] = "no SLO" if no_slo else ("breached: " + ", ".join(misses) if misses else "met")
+        row["slo"] = slo_verdict(
+            row["ttft_p95_ms"], row["slo_ttft_ms"], row["e2e_p95_ms"], row["slo_e2e_ms"]
+        )
         rows.append(row)
     return rows
 
 
 def _latency(prom: PrometheusClient | None) -> None:
-    s, client = ui.settings(), ui.client()
+    client = ui.client()
     start, end, label = ui.window()
     st.subheader("Latency per feature")
     if prom is not None:
@@ -143,16 +145,25 @@ def _latency(prom: PrometheusClient | None) -> None:
                 "(bucket-interpolated; inter-token latency is each request's mean gap)."
             )
             _table(prom_rows)
-    records = client.records(start, end, cap=s.dashboard_latency_sample)
-    if not records:
-        ui.first_request_hint()
+    report = client.latency(start, end)
+    if not report.rows:
+        if client.cost("feature", start, end).totals.requests:
+            st.info(
+                "No latency histograms in this range: its requests all failed, or they were "
+                "ingested before the control plane kept latency histograms (migration 0003)."
+            )
+        else:
+            ui.first_request_hint()
         return
-    rows = latency_table(records, client.features())
+    rows = latency_rows(report)
     st.caption(
-        f"From the ledger: the newest {len(records):,} requests of the {label.lower()} "
-        "(successful ones only). The control plane has no latency-percentile API, so these "
-        "percentiles come from raw records; inter-token latency is each request's mean gap, "
-        "(e2e - TTFT) / (output tokens - 1)."
+        f"From the control plane's latency report over the {label.lower()}: every successful "
+        f"request ({report.totals.requests:,}), summed from per-minute histograms, so a "
+        f"percentile is accurate to its bucket ({len(report.bucket_bounds_ms)} buckets, "
+        f"{report.bucket_bounds_ms[0]:g} ms to {report.bucket_bounds_ms[-1] / 1000:g} s, "
+        "~1.5x apart). Inter-token latency is each request's mean gap, (e2e - TTFT) / "
+        "(output tokens - 1); the share over an SLO shows its possible range when the SLO "
+        "falls inside a bucket."
     )
     cols = st.columns(min(len(rows), 4))
     for i, r in enumerate(rows):
@@ -165,8 +176,9 @@ def _latency(prom: PrometheusClient | None) -> None:
             delta_color="inverse" if breached else "off",
             delta_arrow="off",
             border=True,
-            help=f"P50 {fmt_ms(r['ttft_p50_ms'])}; e2e P50 {fmt_ms(r['e2e_p50_ms'])}, "
-            f"P95 {fmt_ms(r['e2e_p95_ms'])}",
+            help=f"P50 {fmt_ms(r['ttft_p50_ms'])}, P99 {fmt_ms(r['ttft_p99_ms'])}, over SLO "
+            f"{r['ttft_over_slo']}; e2e P50 {fmt_ms(r['e2e_p50_ms'])}, "
+            f"P95 {fmt_ms(r['e2e_p95_ms'])}, P99 {fmt_ms(r['e2e_p99_ms'])}",
         )
     for r in rows:
         if r["slo"].startswith("breached"):
