@@ -158,6 +158,12 @@ class UsageRollup(Base):
     gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     cloud_cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    # The sidecars' prefix advisor (UsageRecord.prompt_opening*): the prefix-cache report.
+    opening_requests: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    new_openings: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    wasted_prefill_gpu_seconds: Mapped[float] = mapped_column(
+        Float, default=0.0, server_default="0"
+    )
 
     __table_args__ = (Index("ix_usage_rollups_feature_minute", "feature", "minute"),)
 

@@ -40,11 +40,8 @@ class Settings(BaseSettings):
     # sidecars see fresh budget state without a new ETag on every request.
     policy_budget_bucket_gpu_seconds: float = Field(default=60.0, gt=0)
 
-    # Prefix-cache report. The prefill price is the sidecar's setting of the same name (one env
-    # var sets both); the block size is vLLM's KV block (16 on GPUs by default, 128 on its CPU
-    # backend).
-    prefill_gpu_seconds_per_token: float = Field(default=1e-4, ge=0)
-    prefix_cache_block_tokens: int = Field(default=16, ge=1)
+    # Prefix-cache report: a feature is unstable with at least this many hashed requests in the
+    # window, of which at least this share had an opening new on their sidecar.
     prefix_min_requests: int = Field(default=20, ge=1)
     prefix_unstable_threshold: float = Field(default=0.5, gt=0, le=1)
 

@@ -24,6 +24,6 @@ async def prefix_cache(
     feature: Annotated[str | None, Query(description="restrict to one feature")] = None,
 ) -> PrefixCacheReport:
     """Features whose prompts rarely share an opening, so vLLM's prefix cache cannot help them,
-    with the prefill GPU-seconds that costs (an upper bound). Default window: the last 24 hours;
-    at most 7 days."""
+    with the prefill GPU-seconds that costs (an upper bound), from the per-minute rollups.
+    Default window: the last 24 hours."""
     return await service.prefix_cache_report(session, settings, window.start, window.end, feature)

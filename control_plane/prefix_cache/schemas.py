@@ -9,17 +9,19 @@ from pydantic import BaseModel, ConfigDict, Field
 
 class PrefixCacheRow(BaseModel):
     feature: str
-    requests: int = Field(description="requests whose opening the sidecar hashed")
-    distinct_openings: int = Field(description="distinct hashes of the prompt's first bytes")
-    unstable_ratio: float = Field(description="distinct_openings / requests (1: every one differs)")
+    requests: int = Field(description="requests whose opening a sidecar's prefix advisor hashed")
+    new_openings: int = Field(
+        description="of those, openings their sidecar had not seen among the feature's recent "
+        "requests (the last 200 per feature)"
+    )
+    unstable_ratio: float = Field(description="new_openings / requests (1: every one differs)")
     unstable: bool = Field(description="enough requests and unstable_ratio >= the threshold")
-    one_off_requests: int = Field(description="requests whose opening no other request shared")
     observed_cache_hit_ratio: float | None = Field(
         description="cached / input tokens as vLLM reported them; null when it reported none"
     )
     wasted_prefill_gpu_seconds: float = Field(
-        description="upper bound: whole KV blocks of the one-off requests' prompts x the "
-        "prefill cost per token, had their static content come first"
+        description="the sidecars' upper-bound estimate: whole KV blocks of the prompts whose "
+        "opening was new, while the feature was unstable, x the prefill cost per token"
     )
     wasted_prefill_usd: float = Field(description="at the feature's own cost per GPU-second")
     advice: str
@@ -32,16 +34,13 @@ class PrefixCacheReport(BaseModel):
                 {
                     "start": "2026-11-26T00:00:00Z",
                     "end": "2026-11-27T00:00:00Z",
-                    "block_tokens": 16,
-                    "prefill_gpu_seconds_per_token": 0.0001,
                     "rows": [
                         {
                             "feature": "support-chat",
                             "requests": 1200,
-                            "distinct_openings": 1187,
-                            "unstable_ratio": 0.989,
+                            "new_openings": 1187,
+                            "unstable_ratio": 0.9892,
                             "unstable": True,
-                            "one_off_requests": 1180,
                             "observed_cache_hit_ratio": 0.02,
                             "wasted_prefill_gpu_seconds": 141.6,
                             "wasted_prefill_usd": 0.098,
@@ -57,6 +56,4 @@ class PrefixCacheReport(BaseModel):
 
     start: datetime
     end: datetime
-    block_tokens: int
-    prefill_gpu_seconds_per_token: float
     rows: list[PrefixCacheRow] = Field(description="most wasteful first")

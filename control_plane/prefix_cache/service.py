@@ -1,10 +1,11 @@
 """Rules of the prefix-cache report.
 
-vLLM reuses KV blocks only for an identical leading run of tokens. The sidecar hashes the first
-bytes of every prompt (the prefix advisor's hash, `UsageRecord.prompt_opening`); a feature whose
-requests rarely share an opening (a timestamp or a user name first) gets no prefix-cache hits on
-the static text behind it. Wasted prefill is an upper bound: every whole block of a one-off
-request's prompt, priced at `prefill_gpu_seconds_per_token`.
+vLLM reuses KV blocks only for an identical leading run of tokens. Each sidecar's prefix advisor
+hashes the first bytes of every prompt and marks the record when that opening was not among the
+feature's recent requests on that sidecar (`UsageRecord.prompt_opening_new`), with its estimate of
+the prefill that a changing opening wasted. Ingest sums both into the per-minute rollups, so this
+report, like the others, never scans raw records. A feature whose openings are mostly new (a
+timestamp or a user name first) gets no prefix-cache hits on the static text behind them.
 """
 
 from __future__ import annotations
@@ -15,35 +16,32 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from control_plane.db import utcnow
-from control_plane.errors import Unprocessable
-from control_plane.prefix_cache import repository
 from control_plane.prefix_cache.schemas import PrefixCacheReport, PrefixCacheRow
+from control_plane.reports.repository import grouped
 from control_plane.settings import Settings
 
 DEFAULT_WINDOW = timedelta(hours=24)
-MAX_WINDOW = timedelta(days=7)  # the report scans raw records
 ADVICE = (
     "Prompt openings keep changing: move static content (system prompt, instructions) first "
     "and per-request values (dates, names) last."
 )
 
 
-def _row(raw: dict[str, Any], settings: Settings) -> PrefixCacheRow:
-    requests, distinct = int(raw["requests"]), int(raw["distinct_openings"])
-    ratio = distinct / requests if requests else 0.0
+def _row(sums: dict[str, Any], settings: Settings) -> PrefixCacheRow:
+    requests, new = int(sums["opening_requests"]), int(sums["new_openings"])
+    ratio = new / requests if requests else 0.0
     unstable = (
         requests >= settings.prefix_min_requests and ratio >= settings.prefix_unstable_threshold
     )
-    wasted_s = int(raw["one_off_tokens"] or 0) * settings.prefill_gpu_seconds_per_token
-    gpu_s, cost = float(raw["gpu_seconds"] or 0.0), float(raw["cost_usd"] or 0.0)
-    input_tokens, cached = int(raw["input_tokens"] or 0), int(raw["cached_input_tokens"] or 0)
+    wasted_s = float(sums["wasted_prefill_gpu_seconds"])
+    gpu_s, cost = float(sums["gpu_seconds"]), float(sums["cost_usd"])
+    input_tokens, cached = int(sums["input_tokens"]), int(sums["cached_input_tokens"])
     return PrefixCacheRow(
-        feature=str(raw["feature"]),
+        feature=str(sums["group"]),
         requests=requests,
-        distinct_openings=distinct,
+        new_openings=new,
         unstable_ratio=round(ratio, 4),
         unstable=unstable,
-        one_off_requests=int(raw["one_off_requests"] or 0),
         observed_cache_hit_ratio=cached / input_tokens if cached and input_tokens else None,
         wasted_prefill_gpu_seconds=wasted_s,
         wasted_prefill_usd=wasted_s * cost / gpu_s if gpu_s > 0 else 0.0,
@@ -60,19 +58,7 @@ async def prefix_cache_report(
 ) -> PrefixCacheReport:
     end = end or utcnow()
     start = start or end - DEFAULT_WINDOW
-    if end - start > MAX_WINDOW:
-        raise Unprocessable(
-            f"the prefix-cache report covers at most {MAX_WINDOW.days} days; narrow start/end",
-            code="invalid_time_range",
-        )
-    block = settings.prefix_cache_block_tokens
-    raw = await repository.openings_by_feature(session, start, end, block, feature)
-    rows = [_row(r, settings) for r in raw]
+    sums = await grouped(session, "feature", start, end, feature)
+    rows = [_row(s, settings) for s in sums if s["opening_requests"]]
     rows.sort(key=lambda r: (-r.wasted_prefill_gpu_seconds, -r.unstable_ratio, r.feature))
-    return PrefixCacheReport(
-        start=start,
-        end=end,
-        block_tokens=block,
-        prefill_gpu_seconds_per_token=settings.prefill_gpu_seconds_per_token,
-        rows=rows,
-    )
+    return PrefixCacheReport(start=start, end=end, rows=rows)

@@ -26,6 +26,9 @@ ROLLUP_SUMS = (
     "gpu_seconds",
     "cost_usd",
     "cloud_cost_usd",
+    "opening_requests",
+    "new_openings",
+    "wasted_prefill_gpu_seconds",
 )
 
 

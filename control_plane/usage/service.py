@@ -49,6 +49,10 @@ def rollup_deltas(records: list[UsageRecord]) -> list[dict[str, Any]]:
         acc["gpu_seconds"] += r.gpu_seconds
         acc["cost_usd"] += r.cost_usd
         acc["cloud_cost_usd"] += r.cloud_cost_usd or 0.0
+        if r.prompt_opening_new is not None:
+            acc["opening_requests"] += 1
+            acc["new_openings"] += r.prompt_opening_new
+            acc["wasted_prefill_gpu_seconds"] += r.wasted_prefill_gpu_seconds
     return [dict(zip(ROLLUP_KEY, key, strict=True)) | sums[key] for key in sorted(sums)]
 
 
