@@ -18,6 +18,7 @@ from control_plane.budgets.schemas import BudgetOut
 from control_plane.engines.schemas import EngineOut
 from control_plane.features.schemas import FeatureOut
 from control_plane.keys.schemas import KeyOut
+from control_plane.prefix_cache.schemas import PrefixCacheReport
 from control_plane.reports.schemas import (
     CostGroup,
     CostReport,
@@ -154,6 +155,11 @@ class ControlPlaneClient:
             "model": model,
         }
         return LatencyReport.model_validate(self._get("/api/v1/reports/latency", params))
+
+    def prefix_cache(self, start: datetime | None, end: datetime | None) -> PrefixCacheReport:
+        """Features whose prompt openings keep changing, with the prefill that wastes."""
+        params = {"start": _iso(start), "end": _iso(end)}
+        return PrefixCacheReport.model_validate(self._get("/api/v1/reports/prefix-cache", params))
 
     def records(
         self,

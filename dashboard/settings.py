@@ -40,9 +40,6 @@ class DashboardSettings(BaseSettings):
     dashboard_prometheus_url: str = ""
     dashboard_refresh_seconds: float = Field(default=30.0, ge=0, description="0: no auto-refresh")
     dashboard_timeout_seconds: float = Field(default=10.0, gt=0)
-    # Raw records read to estimate latency percentiles (the control plane has no percentile API).
-    # ~0.4 s per 1,000 records on the shared 2-core dev box: keep a refresh cheap.
-    dashboard_latency_sample: int = Field(default=2000, ge=100, le=50_000)
 
     @property
     def exposed(self) -> bool:

@@ -115,6 +115,7 @@ FEATURES = {
     "summarizer": {"owner": "search", "priority": 1, "default_max_tokens": 128},
 }
 MODELS = ("tiny", "llama-3.1-8b")
+UNSTABLE_FEATURE = "summarizer"  # its prompts start with a timestamp (see _with_opening)
 ENGINES = {
     "h100-a": {
         "url": "http://10.0.0.5:8000",
@@ -210,6 +211,7 @@ def generate_usage(
 ) -> list[UsageRecord]:
     """Usage spread over the last `days` days, with a daytime peak, per feature / model / key."""
     rng = random.Random(rng_seed)
+    openings = random.Random(rng_seed + 1)  # apart, so the other fields stay as they were
     now = now or datetime.now(UTC)
     records: list[UsageRecord] = []
     keys = list(seed.keys)
@@ -223,20 +225,34 @@ def generate_usage(
             )
             started = min(started, now - timedelta(seconds=1))
             inp, out = rng.randint(20, 400), rng.randint(5, 300)
-            records.append(
-                make_record(
-                    feature=feature,
-                    model=rng.choice(MODELS),
-                    key_id=key_id,
-                    upstream=rng.choice(seed.engines or ["local-cpu"]),
-                    started_at=started,
-                    input_tokens=inp,
-                    output_tokens=out,
-                    gpu_seconds=round(0.002 * inp / 10 + 0.01 * out, 4),
-                    status="ok" if rng.random() > 0.03 else "upstream_error",
-                )
+            record = make_record(
+                feature=feature,
+                model=rng.choice(MODELS),
+                key_id=key_id,
+                upstream=rng.choice(seed.engines or ["local-cpu"]),
+                started_at=started,
+                input_tokens=inp,
+                output_tokens=out,
+                gpu_seconds=round(0.002 * inp / 10 + 0.01 * out, 4),
+                status="ok" if rng.random() > 0.03 else "upstream_error",
             )
+            records.append(_with_opening(record, openings))
     return records
+
+
+def _with_opening(record: UsageRecord, rng: random.Random) -> UsageRecord:
+    """What a sidecar's prefix advisor adds: UNSTABLE_FEATURE starts every prompt with a
+    timestamp (each opening new, whole 16-token blocks wasted at 1e-4 GPU-s per token); the
+    other features keep one system prompt (rarely new)."""
+    new = record.feature == UNSTABLE_FEATURE or rng.random() < 0.02
+    wasted = (record.input_tokens // 16) * 16 * 1e-4 if record.feature == UNSTABLE_FEATURE else 0.0
+    return record.model_copy(
+        update={
+            "prompt_opening": f"{rng.getrandbits(64) if new else 0:016x}",
+            "prompt_opening_new": new,
+            "wasted_prefill_gpu_seconds": wasted,
+        }
+    )
 
 
 def post_usage(

@@ -140,12 +140,20 @@ def test_cost_page_shows_savings_per_feature(
 def test_utilization_page_warns_about_an_idle_gpu(
     seeded: tuple[str, list[UsageRecord]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    url, _ = seeded
+    url, records = seeded
     _env(monkeypatch, url)
     at = _page("utilization")
     warnings = [w.value for w in at.warning]
     assert any("Low QPS with idle GPU — negative" in w and "local-cpu" in w for w in warnings)
     assert {"h100-a utilization", "local-cpu utilization"} <= set(_metrics(at))
+    # The seeded summarizer starts every prompt with a timestamp: named, with its week's waste.
+    wasted_s = sum(r.wasted_prefill_gpu_seconds for r in records if r.feature == "summarizer")
+    waste = fmt_hours(wasted_s / 3600)
+    assert wasted_s > 0
+    assert any("**summarizer**" in w and f"{waste} GPU-hours of prefill" in w for w in warnings), (
+        warnings
+    )
+    assert not any("**support-bot**" in w for w in warnings)
 
 
 def test_latency_page_shows_the_latency_report(

@@ -110,7 +110,11 @@ def test_every_page_in_chromium(dashboard_url: str, seeded: tuple[str, list[Usag
         "": ["support-bot · OK", "summarizer · EXHAUSTED", "Burn-down"],
         "usage": [f"{len(records):,}", gpu_hours, "Top features"],
         "cost": ["Self-hosted cost", savings, "Savings per feature"],
-        "utilization": ["Low QPS with idle GPU — negative", "local-cpu utilization"],
+        "utilization": [
+            "Low QPS with idle GPU — negative",
+            "local-cpu utilization",
+            "Prefix cache: prompt openings",
+        ],
         "latency": ["support-bot · P95 TTFT", "SLO 800 ms · met", "Active alerts"],
         "escalations": ["No escalations to show yet"],
     }

@@ -6,8 +6,9 @@ from __future__ import annotations
 import altair as alt
 import streamlit as st
 
+from control_plane.prefix_cache.schemas import PrefixCacheReport
 from dashboard import ui
-from dashboard.analysis import break_even_verdict, fmt_pct, fmt_usd
+from dashboard.analysis import break_even_verdict, fmt_hours, fmt_pct, fmt_usd
 
 SHOW = {"success": st.success, "warning": st.warning, "info": st.info}
 
@@ -136,6 +137,46 @@ def render() -> None:
             "cloud_cost_usd": st.column_config.NumberColumn("Cloud cost", format="$%.4f"),
             "savings_usd": st.column_config.NumberColumn("Savings", format="$%.4f"),
         },
+    )
+
+    _prefix_cache(client.prefix_cache(start, end))
+
+
+def _prefix_cache(report: PrefixCacheReport) -> None:
+    st.subheader("Prefix cache: prompt openings")
+    if not report.rows:
+        st.caption(
+            "No prompt openings reported in this window (sidecars report them with each request)."
+        )
+        return
+    for r in report.rows:
+        if r.unstable:
+            st.warning(
+                f"**{r.feature}**: {fmt_pct(r.unstable_ratio)} of its prompts open differently, "
+                "so vLLM's prefix cache cannot reuse the static text behind the opening: about "
+                f"{fmt_hours(r.wasted_prefill_gpu_seconds / 3600)} GPU-hours of prefill "
+                f"({fmt_usd(r.wasted_prefill_usd)}) wasted. {r.advice}",
+                icon=":material/cached:",
+            )
+    ui.table(
+        [r.model_dump() for r in report.rows],
+        {
+            "feature": "Feature",
+            "requests": st.column_config.NumberColumn("Requests", format="%d"),
+            "unstable_ratio": st.column_config.NumberColumn("New openings", format="percent"),
+            "observed_cache_hit_ratio": st.column_config.NumberColumn(
+                "Cache hits (vLLM)", format="percent"
+            ),
+            "wasted_prefill_gpu_seconds": st.column_config.NumberColumn(
+                "Wasted prefill GPU-s", format="%.2f"
+            ),
+            "wasted_prefill_usd": st.column_config.NumberColumn("Wasted", format="$%.4f"),
+        },
+    )
+    st.caption(
+        "New openings: the share of requests whose first 256 bytes their sidecar had not seen "
+        "among the feature's last 200. Wasted prefill is an upper bound (whole KV blocks of "
+        "those prompts)."
     )
 
 
