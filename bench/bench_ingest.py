@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import random
 import socket
@@ -32,7 +33,7 @@ import uuid_utils
 TOKEN = "bench-sidecar-token"
 
 
-def make_batches(n: int, batch: int, seed: int = 1) -> list[bytes]:
+def make_batches(n: int, batch: int, spread_s: int = 86_400, seed: int = 1) -> list[bytes]:
     rng = random.Random(seed)
     now = datetime.now(UTC)
     features = [f"feature-{i}" for i in range(8)]
@@ -43,6 +44,9 @@ def make_batches(n: int, batch: int, seed: int = 1) -> list[bytes]:
         records = []
         for _ in range(min(batch, n - start)):
             inp, outp = rng.randint(20, 2000), rng.randint(5, 500)
+            # Varied latencies, so the histograms touch as many buckets as real traffic does.
+            ttft = rng.lognormvariate(math.log(150), 0.6)
+            new_opening = rng.random() < 0.3
             records.append(
                 {
                     "id": str(uuid_utils.uuid7()),
@@ -51,10 +55,14 @@ def make_batches(n: int, batch: int, seed: int = 1) -> list[bytes]:
                     "model": rng.choice(models),
                     "upstream": "engine-a",
                     "sidecar_id": "bench",
-                    # spread over the last day: realistic rollup fan-out (many minute rows)
-                    "started_at": (now - timedelta(seconds=rng.randrange(86_400))).isoformat(),
-                    "ttft_ms": 80.0,
-                    "e2e_ms": 900.0,
+                    # over the last `spread_s`: a day (the default) is the worst case, each
+                    # batch touching ~1,000 minute rows; a shipper's batch spans seconds
+                    "started_at": (now - timedelta(seconds=rng.randrange(spread_s))).isoformat(),
+                    "ttft_ms": ttft,
+                    "e2e_ms": ttft + outp * rng.uniform(8.0, 30.0),
+                    "prompt_opening": f"{rng.getrandbits(64):016x}",
+                    "prompt_opening_new": new_opening,
+                    "wasted_prefill_gpu_seconds": 0.01 if new_opening else 0.0,
                     "input_tokens": inp,
                     "cached_input_tokens": inp // 3,
                     "output_tokens": outp,
@@ -127,7 +135,7 @@ async def pg_admin(sql: str) -> None:
         await conn.close()
 
 
-def bench_one(kind: str, records: int, batch: int, shippers: int) -> None:
+def bench_one(kind: str, records: int, batch: int, shippers: int, spread_s: int) -> None:
     tmp = tempfile.mkdtemp(prefix="bench-ingest-")
     name = f"gpuledger_bench_{uuid.uuid4().hex[:8]}"
     if kind == "sqlite":
@@ -144,8 +152,8 @@ def bench_one(kind: str, records: int, batch: int, shippers: int) -> None:
     proc = start_server(db_url, port)
     try:
         base_url = f"http://127.0.0.1:{port}"
-        half = make_batches(records // 2, batch, seed=1)
-        rest = make_batches(records - records // 2, batch, seed=2)
+        half = make_batches(records // 2, batch, spread_s, seed=1)
+        rest = make_batches(records - records // 2, batch, spread_s, seed=2)
         n1 = records // 2
         t1 = asyncio.run(post_all(base_url, half, 1))
         t2 = asyncio.run(post_all(base_url, rest, shippers))
@@ -169,10 +177,17 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=50_000)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--shippers", type=int, default=4)
+    parser.add_argument(
+        "--spread-seconds",
+        type=int,
+        default=86_400,
+        help="records start within this many seconds before now (86400: worst case; 10: like "
+        "a shipper's batches)",
+    )
     args = parser.parse_args()
-    print(f"batch {args.batch} records; {os.cpu_count()} CPUs")
+    print(f"batch {args.batch} records over {args.spread_seconds} s; {os.cpu_count()} CPUs")
     for kind in args.db or ["sqlite", "postgres"]:
-        bench_one(kind, args.records, args.batch, args.shippers)
+        bench_one(kind, args.records, args.batch, args.shippers, args.spread_seconds)
 
 
 if __name__ == "__main__":
