@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     stack.add_argument("--engine-url", help="use an engine already running here instead of starting one")
     stack.add_argument("--no-dashboard", action="store_true")
     stack.add_argument("--data-dir", type=Path, default=DATA_DIR)
+    stack.add_argument("--sidecar-port", type=int, default=8080)
+    stack.add_argument("--control-plane-port", type=int, default=8090)
+    stack.add_argument("--dashboard-port", type=int, default=8501)
     stack.set_defaults(func=_run)
 
 
@@ -170,7 +173,9 @@ def _run(args: argparse.Namespace) -> int:
     tokens = _secrets(data)
     exe = [sys.executable, "-m", "gpuledger.cli"]
     engine_url = args.engine_url or "http://127.0.0.1:8000"
-    control_plane = "http://127.0.0.1:8090"
+    control_plane = f"http://127.0.0.1:{args.control_plane_port}"
+    sidecar_url = f"http://127.0.0.1:{args.sidecar_port}"
+    dashboard_url = f"http://127.0.0.1:{args.dashboard_port}"
     common = {"GPULEDGER_CONTROL_PLANE_URL": control_plane}
 
     services: list[Service] = []
@@ -178,19 +183,24 @@ def _run(args: argparse.Namespace) -> int:
         services.append(Service("engine", [*exe, "engine", "start", "--profile", args.profile],
                                 f"{engine_url}/health"))
     services.append(Service(
-        "control-plane", [*exe, "control-plane"], f"{control_plane}/health",
+        "control-plane",
+        [*exe, "control-plane", "--port", str(args.control_plane_port)],
+        f"{control_plane}/health",
         {"GPULEDGER_DATABASE_URL": f"sqlite+aiosqlite:///{data / 'gpuledger.db'}",
          "GPULEDGER_ADMIN_TOKENS": tokens["admin_token"],
          "GPULEDGER_SIDECAR_TOKENS": tokens["sidecar_token"]},
     ))
     sidecar = Service(
-        "sidecar", [*exe, "sidecar"], "http://127.0.0.1:8080/health",
+        "sidecar", [*exe, "sidecar", "--port", str(args.sidecar_port)], f"{sidecar_url}/health",
         {**common, "GPULEDGER_CONTROL_PLANE_TOKEN": tokens["sidecar_token"],
          "GPULEDGER_UPSTREAM_URL": engine_url, "GPULEDGER_STATE_DIR": str(data / "sidecar")},
     )
     dashboard = Service(
-        "dashboard", [*exe, "dashboard"], "http://127.0.0.1:8501/_stcore/health",
-        {**common, "GPULEDGER_ADMIN_TOKEN": tokens["admin_token"]},
+        "dashboard",
+        [*exe, "dashboard", "--port", str(args.dashboard_port)],
+        f"{dashboard_url}/_stcore/health",
+        {**common, "GPULEDGER_ADMIN_TOKEN": tokens["admin_token"],
+         "GPULEDGER_DASHBOARD_SIDECAR_URL": sidecar_url},
     )
 
     busy = [s.health_url for s in [*services, sidecar, dashboard] if _port_in_use(s.health_url)]
@@ -220,7 +230,9 @@ def _run(args: argparse.Namespace) -> int:
         for service in rest:
             service.wait_healthy(timeout=120)
             print(f"  {service.name} healthy", flush=True)
-        _print_banner(data, secret, logs, dashboard=not args.no_dashboard)
+        _print_banner(
+            data, secret, logs, sidecar_url, control_plane, None if args.no_dashboard else dashboard_url
+        )
         while all(s.process is not None and s.process.poll() is None for s in started):
             time.sleep(1)
         dead = [s.name for s in started if s.process is not None and s.process.poll() is not None]
@@ -239,17 +251,19 @@ def _run(args: argparse.Namespace) -> int:
             service.stop()
 
 
-def _print_banner(data: Path, secret: str | None, logs: Path, *, dashboard: bool) -> None:
+def _print_banner(
+    data: Path, secret: str | None, logs: Path, sidecar: str, control_plane: str, dashboard: str | None
+) -> None:
     key_note = f"new dev key (shown once): {secret}" if secret else f"dev key: $(cat {data / 'dev-key'})"
     print(
         f"""
 gpuledger is running. {key_note}
-  sidecar (OpenAI API)  http://127.0.0.1:8080/v1
-  control plane         http://127.0.0.1:8090/docs   (admin token in {data / 'stack-secrets.json'})
-  {"dashboard             http://127.0.0.1:8501" if dashboard else ""}
+  sidecar (OpenAI API)  {sidecar}/v1
+  control plane         {control_plane}/docs   (admin token in {data / 'stack-secrets.json'})
+  {f"dashboard             {dashboard}" if dashboard else ""}
   logs                  {logs}
 
-  curl -s localhost:8080/v1/chat/completions -H "Authorization: Bearer $(cat {data / 'dev-key'})" \\
+  curl -s {sidecar}/v1/chat/completions -H "Authorization: Bearer $(cat {data / 'dev-key'})" \\
     -H 'content-type: application/json' \\
     -d '{{"model": "tiny", "messages": [{{"role": "user", "content": "tell me about budgets."}}]}}'
 
