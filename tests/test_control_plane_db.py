@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -54,92 +55,79 @@ def _head() -> str:
     return _revisions()[-1]
 
 
+@pytest.fixture
+async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = db.create_engine(db_url)
+    yield engine
+    await engine.dispose()
+
+
 async def _tables(engine: AsyncEngine) -> set[str]:
     async with engine.connect() as conn:
         names: set[str] = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
     return names - {"alembic_version"}
 
 
-async def test_migrations_up_down_up(db_url: str) -> None:
-    engine = db.create_engine(db_url)
-    try:
-        await db.migrate(engine, "upgrade", "head")
-        assert await _tables(engine) == TABLES
-        assert await db.current_revision(engine) == _head()
-        async with engine.connect() as conn:
-            revision = (await conn.execute(text("SELECT revision FROM policy_state"))).scalar()
-        assert revision == 1
+async def test_migrations_up_down_up(engine: AsyncEngine) -> None:
+    await db.migrate(engine, "upgrade", "head")
+    assert await _tables(engine) == TABLES
+    assert await db.current_revision(engine) == _head()
+    async with engine.connect() as conn:
+        revision = (await conn.execute(text("SELECT revision FROM policy_state"))).scalar()
+    assert revision == 1
 
-        await db.migrate(engine, "downgrade", "base")
-        assert await _tables(engine) == set()
-        assert await db.current_revision(engine) is None
+    await db.migrate(engine, "downgrade", "base")
+    assert await _tables(engine) == set()
+    assert await db.current_revision(engine) is None
 
-        await db.migrate(engine, "upgrade", "head")
-        assert await _tables(engine) == TABLES
-    finally:
-        await engine.dispose()
+    await db.migrate(engine, "upgrade", "head")
+    assert await _tables(engine) == TABLES
 
 
-async def test_each_revision_steps_down_and_up(db_url: str) -> None:
-    engine = db.create_engine(db_url)
-    try:
-        await db.migrate(engine, "upgrade", "head")
-        for below in [None, *_revisions()][-2::-1]:
-            await db.migrate(engine, "downgrade", "-1")
-            assert await db.current_revision(engine) == below
-        for revision in _revisions():
-            await db.migrate(engine, "upgrade", "+1")
-            assert await db.current_revision(engine) == revision
-    finally:
-        await engine.dispose()
+async def test_each_revision_steps_down_and_up(engine: AsyncEngine) -> None:
+    await db.migrate(engine, "upgrade", "head")
+    for below in [None, *_revisions()][-2::-1]:
+        await db.migrate(engine, "downgrade", "-1")
+        assert await db.current_revision(engine) == below
+    for revision in _revisions():
+        await db.migrate(engine, "upgrade", "+1")
+        assert await db.current_revision(engine) == revision
 
 
-async def test_migrations_match_the_models(db_url: str) -> None:
+async def test_migrations_match_the_models(engine: AsyncEngine) -> None:
     """Autogenerate finds nothing to do: the models and the migrations describe one schema."""
-    engine = db.create_engine(db_url)
-    try:
-        await db.migrate(engine)
-        async with engine.connect() as conn:
-            diff = await conn.run_sync(
-                lambda c: compare_metadata(MigrationContext.configure(c), Base.metadata)
-            )
-        assert diff == []
-    finally:
-        await engine.dispose()
+    await db.migrate(engine)
+    async with engine.connect() as conn:
+        diff = await conn.run_sync(
+            lambda c: compare_metadata(MigrationContext.configure(c), Base.metadata)
+        )
+    assert diff == []
 
 
-async def test_latency_rollups_migration_up_and_down(db_url: str) -> None:
+async def test_latency_rollups_migration_up_and_down(engine: AsyncEngine) -> None:
     """0003 adds only latency_rollups (with its index) and its downgrade removes only it."""
-    engine = db.create_engine(db_url)
-    try:
-        await db.migrate(engine, "upgrade", "0002")
-        assert "latency_rollups" not in await _tables(engine)
-        await db.migrate(engine, "upgrade", "0003")
-        assert await _tables(engine) == TABLES
-        async with engine.connect() as conn:
-            pk = await conn.run_sync(lambda c: inspect(c).get_pk_constraint("latency_rollups"))
-            indexes = await conn.run_sync(lambda c: inspect(c).get_indexes("latency_rollups"))
-        assert pk["name"] == "pk_latency_rollups"
-        assert pk["constrained_columns"] == ["minute", "feature", "model", "metric", "le_ms"]
-        assert [i["name"] for i in indexes] == ["ix_latency_rollups_feature_minute"]
-        await db.migrate(engine, "downgrade", "0002")
-        assert await _tables(engine) == TABLES - {"latency_rollups"}
-        assert await db.current_revision(engine) == "0002"
-    finally:
-        await engine.dispose()
+    await db.migrate(engine, "upgrade", "0002")
+    assert "latency_rollups" not in await _tables(engine)
+    await db.migrate(engine, "upgrade", "0003")
+    assert await _tables(engine) == TABLES
+    async with engine.connect() as conn:
+        pk = await conn.run_sync(lambda c: inspect(c).get_pk_constraint("latency_rollups"))
+        indexes = await conn.run_sync(lambda c: inspect(c).get_indexes("latency_rollups"))
+    assert pk["name"] == "pk_latency_rollups"
+    assert pk["constrained_columns"] == ["minute", "feature", "model", "metric", "le_ms"]
+    assert [i["name"] for i in indexes] == ["ix_latency_rollups_feature_minute"]
+    await db.migrate(engine, "downgrade", "0002")
+    assert await _tables(engine) == TABLES - {"latency_rollups"}
+    assert await db.current_revision(engine) == "0002"
 
 
-async def test_naming_convention_names_constraints(db_url: str) -> None:
-    engine = db.create_engine(db_url)
-    try:
-        await db.migrate(engine)
-        async with engine.connect() as conn:
-            fks = await conn.run_sync(lambda c: inspect(c).get_foreign_keys("budgets"))
-            uniques = await conn.run_sync(lambda c: inspect(c).get_unique_constraints("api_keys"))
-        assert fks[0]["name"] == "fk_budgets_feature_features"
-        assert [u["name"] for u in uniques] == ["uq_api_keys_key_hash"]
-    finally:
-        await engine.dispose()
+async def test_naming_convention_names_constraints(engine: AsyncEngine) -> None:
+    await db.migrate(engine)
+    async with engine.connect() as conn:
+        fks = await conn.run_sync(lambda c: inspect(c).get_foreign_keys("budgets"))
+        uniques = await conn.run_sync(lambda c: inspect(c).get_unique_constraints("api_keys"))
+    assert fks[0]["name"] == "fk_budgets_feature_features"
+    assert [u["name"] for u in uniques] == ["uq_api_keys_key_hash"]
 
 
 @pytest.mark.parametrize("url", ["sqlite+aiosqlite:///{tmp}/x/y/ledger.db"])
