@@ -14,9 +14,10 @@ feature. ``granted_gpu_seconds`` is what it may still charge after everything it
 are charged against the new grant, and the request asks for them on top of its headroom.
 
 Estimate = (prompt tokens + max output tokens) x GPU-seconds per token x `safety`. The per-token
-rate starts at a conservative prior and is learned per feature from completed requests: an EWMA
-that rises fast and falls slowly, so a burst of expensive requests cannot slip under stale, cheap
-estimates.
+rate is learned from completed requests, engine-wide and per feature (sidecar/budget_state.py):
+a conservative prior until the first request, then an EWMA that rises fast and falls slowly, so a
+burst of expensive requests cannot slip under stale, cheap estimates. A feature with fewer than
+5 requests of its own never goes below the engine-wide rate.
 
 Control plane unreachable (the last lease call failed) and the lease can't cover a request:
 `fail_mode="open"` admits (metered `gpuledger_budget_fail_open_total{feature}`, logged) until
@@ -35,8 +36,9 @@ from typing import Literal
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from gpuledger.contracts import BudgetState, LeaseGrant, LeaseRequest, UsageRecord
+from gpuledger.contracts import LeaseGrant, LeaseRequest, UsageRecord
 from sidecar.background import cancel_and_wait, serve_until_cancelled
+from sidecar.budget_state import FeatureBudget, RateLearner
 from sidecar.errors import RateLimited
 from sidecar.hooks import Admission, RequestContext
 from sidecar.policy import Policy, PolicyStore
@@ -44,86 +46,6 @@ from sidecar.settings import Settings
 from sidecar.tracing import with_current_trace
 
 log = logging.getLogger(__name__)
-
-
-class FeatureBudget:
-    """One feature's lease, reservations and learned cost. Mutated only on the event loop."""
-
-    __slots__ = (
-        "burn",
-        "exhausted",
-        "failing",
-        "feature",
-        "granted",
-        "hard_action",
-        "last_call",
-        "last_ok",
-        "lease_expires",
-        "max_estimate",
-        "period_end",
-        "rate",
-        "renewed",
-        "renewing",
-        "reserved",
-        "samples",
-        "settled_total",
-        "short",
-        "spent",
-        "unreported",
-        "waiting",
-        "warned",
-    )
-
-    def __init__(self, budget: BudgetState, prior_rate: float, now: float) -> None:
-        self.feature = budget.feature
-        self.hard_action = budget.hard_action
-        self.period_end = budget.period_end.timestamp()
-        self.exhausted = budget.used_gpu_seconds >= budget.limit_gpu_seconds
-        self.granted = 0.0  # the current lease
-        self.lease_expires = 0.0  # epoch seconds; 0: no lease yet
-        self.spent = 0.0  # settled against the current lease
-        self.reserved = 0.0  # estimates of admitted requests still running
-        self.unreported = 0.0  # settled since the last lease call
-        self.settled_total = 0.0
-        self.rate = prior_rate  # GPU-seconds per token
-        self.samples = 0
-        self.waiting = 0.0  # estimates of requests waiting for a renewal
-        self.renewed = asyncio.Event()  # set (and replaced) after each lease call
-        self.burn = 0.0  # GPU-seconds per second, smoothed
-        self.max_estimate = 0.0
-        self.last_ok = now  # last successful lease call (or when the budget appeared)
-        self.last_call = 0.0
-        self.failing = False
-        self.renewing = False
-        self.short = False  # the last grant was less than asked: the budget is nearly spent
-        self.warned = False
-
-    @property
-    def available(self) -> float:
-        return self.granted - self.spent - self.reserved
-
-
-class RateLearner:
-    """Learns GPU-seconds per token from every completed request, budgeted or not. It is the
-    admission returned for features without a budget (one shared object: nothing to release)."""
-
-    __slots__ = ("rate",)
-
-    def __init__(self, prior_rate: float) -> None:
-        self.rate = prior_rate
-
-    def observe(self, record: UsageRecord) -> float | None:
-        tokens = record.input_tokens + record.output_tokens
-        if tokens <= 0 or record.gpu_seconds <= 0:
-            return None
-        observed = record.gpu_seconds / tokens
-        # Rise fast, fall slowly: under-estimates are what overshoot a budget.
-        self.rate += (0.5 if observed > self.rate else 0.05) * (observed - self.rate)
-        return observed
-
-    async def settle(self, record: UsageRecord | None) -> None:
-        if record is not None:
-            self.observe(record)
 
 
 class BudgetAdmission:
@@ -211,9 +133,11 @@ class BudgetGuard:
         if st is None:
             return self._learner  # no budget: only learn the GPU cost per token
         tokens = ctx.prompt_tokens_estimate + ctx.max_output_tokens
-        # A feature without history borrows the cost learned from all traffic (never below
-        # the prior), so a new budget starts from what this engine really costs.
-        rate = st.rate if st.samples >= 5 else max(st.rate, self._learner.rate)
+        own = st.cost
+        if own.samples >= 5:
+            rate = own.rate
+        else:  # little history of its own: never below what all traffic costs (or the prior)
+            rate = max(own.rate, self._learner.rate) if own.samples else self._learner.rate
         estimate = tokens * rate * self.safety
         if estimate > st.max_estimate:
             st.max_estimate = estimate
@@ -313,9 +237,7 @@ class BudgetGuard:
         st.settled_total += charge
         observed = self._learner.observe(record)
         if observed is not None:
-            st.samples += 1
-            alpha = 0.5 if observed > st.rate else 0.05  # same asymmetry as RateLearner
-            st.rate += alpha * (observed - st.rate)
+            st.cost.learn(observed)
         if st.available < st.max_estimate:
             self._kick.set()
 

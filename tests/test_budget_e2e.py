@@ -158,8 +158,9 @@ def test_three_sidecars_hold_one_budget(tmp_path: Path, engine_url: str) -> None
         f"{sorted({int(r.response.headers['retry-after']) for r in refused})[:3]}..."  # type: ignore[attr-defined]
     )
     assert refused, "the budget must bind"
-    # How many fit depends on the shared engine's load (per-request cost swings ~10x between
-    # calibration and burst there), so only "some" is asserted; the numbers are printed.
-    assert ok, "the budget must admit some requests"
+    # How many fit depends on the engine's load (per-request cost swings ~10x between
+    # calibration and burst), so no count is asserted; the numbers are printed. But the budget
+    # must be used, not refused while most of it is left.
+    assert total >= 0.5 * limit_s, "the budget refused requests while half of it was left"
     assert burst_total <= limit_s + SIDECARS * max_request
     assert total <= limit_s + SIDECARS * max_request

@@ -153,10 +153,11 @@ async def test_feature_without_budget_only_teaches_the_cost(leases: LeaseStandIn
         adm = await g.admit(ctx("free"))
         await adm.settle(usage(2.0, tokens=20))  # 0.1 GPU-s per token
     assert g.features["chat"].reserved == 0.0
-    # A budgeted feature without history borrows the learned cost, not the lower prior.
+    # A budgeted feature without history borrows the cost learned from all traffic (the first
+    # request replaced the prior), not the prior.
     adm = await g.admit(ctx("chat"))
     assert isinstance(adm, BudgetAdmission)
-    assert adm.estimate == pytest.approx(20 * 0.08875 * 1.25)  # 0.01 -> .055 -> .0775 -> .08875
+    assert adm.estimate == pytest.approx(20 * 0.1 * 1.25)
     await g.close()
 
 
@@ -200,14 +201,15 @@ async def test_rate_is_learned_fast_up_slow_down(leases: LeaseStandIn) -> None:
     g = guard(store_with_budget(), leases.url, tick_s=3600, prior_gpu_seconds_per_token=0.01)
     await g.start()
     st = g.features["chat"]
-    adm = await g.admit(ctx())
-    assert adm is not None
-    await adm.settle(usage(2.0, tokens=20))  # 0.1 GPU-s per token, 10x the prior
-    assert st.rate == pytest.approx(0.055)
-    adm = await g.admit(ctx())
-    assert adm is not None
-    await adm.settle(usage(0.0002, tokens=20))
-    assert 0.05 < st.rate < 0.055
+    for gpu_seconds, want in (
+        (2.0, 0.1),  # 0.1 GPU-s per token: the first request replaces the prior (0.01)
+        (0.0002, 0.1 + 0.05 * (0.00001 - 0.1)),  # cheaper: falls 5% of the gap
+        (4.0, 0.095 + 0.5 * (0.2 - 0.095)),  # dearer: rises half the gap
+    ):
+        adm = await g.admit(ctx())
+        assert adm is not None
+        await adm.settle(usage(gpu_seconds, tokens=20))
+        assert st.cost.rate == pytest.approx(want, rel=1e-3)
     await g.close()
 
 
