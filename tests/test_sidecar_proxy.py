@@ -1,8 +1,9 @@
 """The sidecar end to end: real `openai` clients -> sidecar (uvicorn) -> the real vLLM engine.
 
 The tiny model is deterministic at temperature 0, so what the client gets through the sidecar is
-compared with what vLLM answers directly. The engine is shared with other developers during
-development: counter checks ("nothing reached vLLM") may flake there; in CI the suite runs alone.
+compared with what vLLM answers directly; the stream's bytes with what vLLM sent for the same
+request. Also: the record is written before the last byte, cancellation, tracing and metrics.
+The gate (guardrails, refusals) is in test_sidecar_proxy_gate.py.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -19,100 +18,26 @@ import openai
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from gpuledger.contracts import PolicySnapshot, UsageRecord, hash_key
 from sidecar.app import create_app
 from sidecar.policy import PolicyStore
 from sidecar.settings import Settings
 from sidecar.sinks import MemorySink
-from tests.conftest import free_port
-from tests.sidecar_support import DEV_SECRET, dev_snapshot, run_recording_tap, run_sidecar
+from tests.proxy_support import (
+    CHAT,
+    EXPIRED_SECRET,
+    ONLY_OTHER_SECRET,
+    Sidecar,
+    direct_fixture,
+    engine_counters,
+    post_raw,
+    proxy_snapshot,
+    sidecar_fixture,
+)
+from tests.sidecar_support import DEV_SECRET, run_recording_tap, run_sidecar
+
+__all__ = ["direct_fixture", "sidecar_fixture"]
 
 pytestmark = pytest.mark.engine
-
-CHAT: Any = [{"role": "user", "content": "tell me about the cache"}]
-ONLY_OTHER_SECRET = "glk_test_only_other_model_0123456789"
-EXPIRED_SECRET = "glk_test_expired_0123456789abcdef"
-DISABLED_SECRET = "glk_test_disabled_0123456789abcdef"
-
-
-class Sidecar:
-    def __init__(self, url: str, sink: MemorySink, spans: InMemorySpanExporter) -> None:
-        self.url = url
-        self.sink = sink
-        self.spans = spans
-
-    def client(self, secret: str = DEV_SECRET) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=secret, max_retries=0, timeout=120)
-
-    def aclient(self) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(
-            base_url=f"{self.url}/v1", api_key=DEV_SECRET, max_retries=0, timeout=120
-        )
-
-    def record(self, request_id: str, timeout_s: float = 10.0) -> UsageRecord:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for record in list(self.sink.records):
-                if record.id == request_id:
-                    return record
-            time.sleep(0.01)
-        raise AssertionError(f"no usage record for {request_id}")
-
-    def last_record(self) -> UsageRecord:
-        self.sink.wait_for(1)
-        return self.sink.records[-1]
-
-
-def _snapshot(engine_url: str) -> PolicySnapshot:
-    base = dev_snapshot(
-        engine_url,
-        default={"default_max_tokens": 8, "max_tokens_cap": 32, "over_cap": "reject"},
-        chat={"default_max_tokens": 8, "max_tokens_cap": 24, "over_cap": "clamp",
-              "max_prompt_tokens": 40},
-    )  # fmt: skip
-    # `long`: room for streams that are still running when the client hangs up.
-    long = base.features[0].model_copy(update={"name": "long", "max_tokens_cap": 480})
-    dev = base.keys[0].model_copy(update={"features": [*base.keys[0].features, "long"]})
-    extra = [
-        dev.model_copy(update={"id": "key_other", "key_hash": hash_key(ONLY_OTHER_SECRET),
-                               "models": ["not-tiny"]}),
-        dev.model_copy(update={"id": "key_expired", "key_hash": hash_key(EXPIRED_SECRET),
-                               "expires_at": datetime.now(UTC) - timedelta(days=1)}),
-        dev.model_copy(update={"id": "key_disabled", "key_hash": hash_key(DISABLED_SECRET),
-                               "enabled": False}),
-    ]  # fmt: skip
-    return base.model_copy(update={"keys": [dev, *extra], "features": [*base.features, long]})
-
-
-@pytest.fixture(scope="module")
-def sidecar(engine_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sidecar]:
-    store = PolicyStore(tmp_path_factory.mktemp("state"))
-    store.replace(_snapshot(engine_url))
-    sink, spans = MemorySink(), InMemorySpanExporter()
-    settings = Settings(upstream_url=engine_url, state_dir=store.state_path.parent)  # type: ignore[union-attr]
-    app = create_app(settings, policy_store=store, sink=sink, span_exporter=spans)
-    with run_sidecar(app=app) as url:
-        yield Sidecar(url, sink, spans)
-
-
-@pytest.fixture(scope="module")
-def direct(engine_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{engine_url}/v1", api_key="unused", max_retries=0, timeout=120)
-
-
-def _engine_counters(engine_url: str) -> dict[str, float]:
-    text = httpx.get(f"{engine_url}/metrics", timeout=10).text
-    out: dict[str, float] = {}
-    for name in (
-        "vllm:request_success_total",
-        "vllm:prompt_tokens_total",
-        "vllm:num_requests_running",
-    ):
-        out[name] = sum(
-            float(m.group(1))
-            for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE)
-        )
-    return out
 
 
 # --- parity with vLLM -------------------------------------------------------------------------
@@ -144,7 +69,7 @@ def test_stream_without_usage_is_byte_identical(
     body = {"model": "tiny", "messages": CHAT, "max_tokens": 10, "temperature": 0, "stream": True}
     with run_recording_tap(engine_url) as (tap_url, tap):
         store = PolicyStore(tmp_path_factory.mktemp("tap-state"))
-        store.replace(_snapshot(tap_url))
+        store.replace(proxy_snapshot(tap_url))
         sink = MemorySink()
         settings = Settings(upstream_url=tap_url, state_dir=store.state_path.parent)  # type: ignore[union-attr]
         with run_sidecar(app=create_app(settings, policy_store=store, sink=sink)) as url:
@@ -278,7 +203,7 @@ def test_abandoned_stream_is_cancelled_metered_and_aborted(
 ) -> None:
     body = {"model": "tiny", "messages": CHAT, "max_tokens": 400, "stream": True,
             "ignore_eos": True, "temperature": 0}  # fmt: skip
-    before = _engine_counters(engine_url)["vllm:request_success_total"]
+    before = engine_counters(engine_url)["vllm:request_success_total"]
     with (
         httpx.Client(timeout=120) as client,
         client.stream(
@@ -300,11 +225,11 @@ def test_abandoned_stream_is_cancelled_metered_and_aborted(
     assert record.input_tokens > 0 and record.finish_reason is None
     assert "estimated_tokens" in record.guardrail_actions
     deadline = time.monotonic() + 120
-    while _engine_counters(engine_url)["vllm:num_requests_running"] > 0:
+    while engine_counters(engine_url)["vllm:num_requests_running"] > 0:
         assert time.monotonic() < deadline, "the engine kept running the abandoned request"
         time.sleep(0.2)
     # vLLM counts an aborted request as no success (other users of the engine may add some in dev).
-    assert _engine_counters(engine_url)["vllm:request_success_total"] == before
+    assert engine_counters(engine_url)["vllm:request_success_total"] == before
 
 
 def test_abandoned_plain_request_is_cancelled(sidecar: Sidecar, engine_url: str) -> None:
@@ -318,127 +243,9 @@ def test_abandoned_plain_request_is_cancelled(sidecar: Sidecar, engine_url: str)
     assert record.status == "cancelled" and record.output_tokens == 0
     assert record.input_tokens > 0 and "estimated_tokens" in record.guardrail_actions
     deadline = time.monotonic() + 120
-    while _engine_counters(engine_url)["vllm:num_requests_running"] > 0:
+    while engine_counters(engine_url)["vllm:num_requests_running"] > 0:
         assert time.monotonic() < deadline, "the engine kept running the abandoned request"
         time.sleep(0.2)
-
-
-# --- guardrails -------------------------------------------------------------------------------
-
-
-def test_missing_max_tokens_gets_the_feature_default(sidecar: Sidecar) -> None:
-    raw = sidecar.client().chat.completions.with_raw_response.create(
-        model="tiny", messages=CHAT, temperature=0, extra_body={"ignore_eos": True}
-    )
-    assert raw.parse().usage.completion_tokens == 8  # type: ignore[union-attr]
-    record = sidecar.record(raw.headers["x-gpuledger-request-id"])
-    assert "default_max_tokens" in record.guardrail_actions
-
-
-def test_over_cap_rejects_or_clamps(sidecar: Sidecar) -> None:
-    with pytest.raises(openai.BadRequestError) as err:
-        sidecar.client().chat.completions.create(model="tiny", messages=CHAT, max_tokens=33)
-    assert err.value.code == "max_tokens_exceeded" and err.value.param == "max_tokens"
-    # A refusal's record is written after its response (nothing ran to lose): look it up by id.
-    rejected = sidecar.record(err.value.response.headers["x-gpuledger-request-id"])
-    assert rejected.status == "rejected:max_tokens_exceeded"
-    (span,) = [s for s in sidecar.spans.get_finished_spans()
-               if (s.attributes or {}).get("gpuledger.request_id") == rejected.id]  # fmt: skip
-    assert span.name == "chat tiny" and not span.status.is_ok
-    raw = sidecar.client().chat.completions.with_raw_response.create(
-        model="tiny", messages=CHAT, max_completion_tokens=1000, temperature=0,
-        extra_headers={"X-Feature": "chat"}, extra_body={"ignore_eos": True},
-    )  # fmt: skip
-    assert raw.headers["x-gpuledger-clamped"] == "max_tokens"
-    assert raw.parse().usage.completion_tokens == 24  # type: ignore[union-attr]
-    record = sidecar.record(raw.headers["x-gpuledger-request-id"])
-    assert record.feature == "chat" and "clamped:max_tokens" in record.guardrail_actions
-
-
-def test_prompt_cap_uses_the_engine_tokenizer(sidecar: Sidecar) -> None:
-    client = sidecar.client()
-    long_prompt: Any = [{"role": "user", "content": "cache " * 60}]
-    with pytest.raises(openai.BadRequestError) as err:
-        client.chat.completions.create(model="tiny", messages=long_prompt, max_tokens=2,
-                                       extra_headers={"X-Feature": "chat"})  # fmt: skip
-    assert err.value.code == "prompt_too_long"
-    # 70 bytes of JSON but fewer than 40 tokens: the exact count lets it through.
-    fits: Any = [{"role": "user", "content": "cache cache cache cache cache cache cache"}]
-    ok = client.chat.completions.create(model="tiny", messages=fits, max_tokens=2,
-                                        extra_headers={"X-Feature": "chat"})  # fmt: skip
-    assert ok.usage is not None and ok.usage.prompt_tokens <= 40
-
-
-def _post(url: str, secret: str | None, content: bytes, **headers: str) -> httpx.Response:
-    if secret is not None:
-        headers["authorization"] = f"Bearer {secret}"
-    headers.setdefault("content-type", "application/json")
-    return httpx.post(f"{url}/v1/chat/completions", content=content, headers=headers, timeout=120)
-
-
-def test_rejections_answer_the_envelope_and_never_reach_vllm(
-    sidecar: Sidecar, engine_url: str
-) -> None:
-    ok_body = b'{"model":"tiny","messages":[{"role":"user","content":"hi"}],"max_tokens":2}'
-    cases = [
-        (None, ok_body, {}, 401, "invalid_api_key"),
-        ("glk_wrong", ok_body, {}, 401, "invalid_api_key"),
-        (EXPIRED_SECRET, ok_body, {}, 401, "key_expired"),
-        (DISABLED_SECRET, ok_body, {}, 403, "key_disabled"),
-        (DEV_SECRET, ok_body, {"x-feature": "nope"}, 403, "feature_not_allowed"),
-        (ONLY_OTHER_SECRET, ok_body, {}, 403, "model_not_allowed"),
-        (DEV_SECRET, b'{"model": "tiny", "messages": [', {}, 400, "invalid_request"),
-        (DEV_SECRET, b"[1, 2]", {}, 400, "invalid_request"),
-        (DEV_SECRET, b'{"messages": []}', {}, 400, "invalid_request"),
-        (DEV_SECRET, ok_body.replace(b'"max_tokens":2', b'"max_tokens":99'), {}, 400,
-         "max_tokens_exceeded"),
-        (DEV_SECRET, ok_body.replace(b'"max_tokens":2', b'"n":40'), {}, 400, "max_tokens_exceeded"),
-        (DEV_SECRET, b'{"model":"tiny","pad":"' + b"x" * (1024 * 1024) + b'"}', {}, 413,
-         "request_too_large"),
-    ]  # fmt: skip
-    before = _engine_counters(engine_url)
-    for secret, content, headers, status, code in cases:
-        resp = _post(sidecar.url, secret, content, **headers)
-        assert resp.status_code == status, (code, resp.text)
-        error = resp.json()["error"]
-        assert error["code"] == code
-        assert set(error) == {"message", "type", "param", "code"}
-    after = _engine_counters(engine_url)
-    assert after["vllm:request_success_total"] == before["vllm:request_success_total"]
-    assert after["vllm:prompt_tokens_total"] == before["vllm:prompt_tokens_total"]
-
-
-def test_upstream_errors_pass_through_unchanged(sidecar: Sidecar, engine_url: str) -> None:
-    body = {"model": "tiny", "messages": CHAT, "max_tokens": 2, "temperature": 0, "n": 2}
-    want = httpx.post(f"{engine_url}/v1/chat/completions", json=body, timeout=120)
-    got = httpx.post(f"{sidecar.url}/v1/chat/completions", json=body, timeout=120,
-                     headers={"authorization": f"Bearer {DEV_SECRET}"})  # fmt: skip
-    assert want.status_code == 400
-    assert (got.status_code, got.content) == (want.status_code, want.content)
-    assert sidecar.record(got.headers["x-gpuledger-request-id"]).status == "upstream_error"
-
-
-def test_models_lists_only_what_the_key_may_use(sidecar: Sidecar) -> None:
-    assert [m.id for m in sidecar.client().models.list()] == ["tiny"]
-    assert [m.id for m in sidecar.client(ONLY_OTHER_SECRET).models.list()] == []
-
-
-def test_unreachable_upstream_is_503(
-    engine_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    dead = f"http://127.0.0.1:{free_port()}"
-    store = PolicyStore(None)
-    store.replace(dev_snapshot(dead))
-    sink = MemorySink()
-    app = create_app(Settings(upstream_url=dead), policy_store=store, sink=sink)
-    with run_sidecar(app=app) as url:
-        resp = _post(url, DEV_SECRET, b'{"model":"tiny","prompt":"x"}')
-        assert resp.status_code == 503
-        assert resp.json()["error"]["code"] == "upstream_unavailable"
-        assert httpx.get(f"{url}/ready").status_code == 503
-        models = httpx.get(f"{url}/v1/models", headers={"authorization": f"Bearer {DEV_SECRET}"})
-        assert models.status_code == 503
-        assert sink.wait_for(1)[0].status == "upstream_error"
 
 
 # --- tracing, metrics, secrets ----------------------------------------------------------------
@@ -470,7 +277,7 @@ def test_metrics_families_and_no_secret_anywhere(
 ) -> None:
     caplog.set_level("DEBUG")
     sidecar.client().chat.completions.create(model="tiny", messages=CHAT, max_tokens=2)
-    _post(sidecar.url, DEV_SECRET + "x", b"{}")
+    post_raw(sidecar.url, DEV_SECRET + "x", b"{}")
     text = httpx.get(f"{sidecar.url}/metrics").text
     for family in (
         "gpuledger_requests_total", "gpuledger_tokens_total", "gpuledger_gpu_seconds_total",
@@ -519,23 +326,3 @@ def test_batch_endpoint_is_refused(sidecar: Sidecar) -> None:
         headers={"authorization": f"Bearer {DEV_SECRET}"},
     )
     assert resp.status_code == 404 and resp.json()["error"]["code"] == "unsupported_endpoint"
-
-
-def test_record_carries_a_hash_of_the_prompt_opening_never_the_prompt(sidecar: Sidecar) -> None:
-    def record(messages: Any) -> UsageRecord:
-        raw = sidecar.client().chat.completions.with_raw_response.create(
-            model="tiny", messages=messages, max_tokens=2
-        )
-        return sidecar.record(raw.headers["x-gpuledger-request-id"])
-
-    system = {"role": "system", "content": "You answer questions about the cache."}
-    first = record([system, {"role": "user", "content": "what is a block?"}])
-    assert first.prompt_opening is not None and re.fullmatch(r"[0-9a-f]{16}", first.prompt_opening)
-    assert first.prompt_opening_new is True
-    again = record([system, {"role": "user", "content": "what is eviction?"}])
-    assert (again.prompt_opening, again.prompt_opening_new) == (first.prompt_opening, False)
-    stamped = {"role": "system", "content": f"Now: {time.time()}. You answer questions."}
-    other = record([stamped, {"role": "user", "content": "what is a block?"}])
-    assert other.prompt_opening != first.prompt_opening and other.prompt_opening_new is True
-    # Too few requests in the feature's window to call it unstable: no waste charged yet.
-    assert first.wasted_prefill_gpu_seconds == other.wasted_prefill_gpu_seconds == 0.0
