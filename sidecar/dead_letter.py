@@ -37,11 +37,8 @@ from pydantic import ValidationError
 
 from gpuledger.contracts import UsageRecord
 from sidecar.settings import Settings
-from sidecar.shipper import Shipper
+from sidecar.shipper import SPOOL_FILE, Shipper
 from sidecar.spool import Spool, SpoolEntry, locked_dead_letter
-
-# The spool file of control-plane mode (sidecar.shipper.build_spool_sink).
-SPOOL_FILE = "usage-spool.db"
 
 
 def dead_letter_path(state_dir: Path) -> Path:

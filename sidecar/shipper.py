@@ -247,12 +247,15 @@ class SpoolGuard:
         )
 
 
+SPOOL_FILE = "usage-spool.db"  # in the state dir; the dead-letter file sits beside it
+
+
 def build_spool_sink(settings: Settings, registry: CollectorRegistry) -> SpoolSink | None:
     """The control-plane-mode sink (spool in `<state_dir>/usage-spool.db`), or None."""
     if not (settings.control_plane_url and settings.control_plane_token):
         return None
     spool = Spool(
-        settings.state_dir / "usage-spool.db",
+        settings.state_dir / SPOOL_FILE,
         max_records=settings.spool_max_records,
         max_bytes=settings.spool_max_bytes,
         registry=registry,
