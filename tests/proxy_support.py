@@ -2,14 +2,17 @@
 a module-scoped sidecar with the dev policy plus test keys, its usage sink and span exporter.
 
     from tests.proxy_support import direct_fixture, sidecar_fixture   # the fixtures, by name
+    # or tapped_sidecar_fixture (also named `sidecar`): the same through a RecordingTap
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,7 +25,13 @@ from sidecar.app import create_app
 from sidecar.policy import PolicyStore
 from sidecar.settings import Settings
 from sidecar.sinks import MemorySink
-from tests.sidecar_support import DEV_SECRET, dev_snapshot, run_sidecar
+from tests.sidecar_support import (
+    DEV_SECRET,
+    RecordingTap,
+    dev_snapshot,
+    run_recording_tap,
+    run_sidecar,
+)
 
 CHAT: Any = [{"role": "user", "content": "tell me about the cache"}]
 ONLY_OTHER_SECRET = "glk_test_only_other_model_0123456789"
@@ -31,10 +40,22 @@ DISABLED_SECRET = "glk_test_disabled_0123456789abcdef"
 
 
 class Sidecar:
-    def __init__(self, url: str, sink: MemorySink, spans: InMemorySpanExporter) -> None:
+    def __init__(
+        self,
+        url: str,
+        sink: MemorySink,
+        spans: InMemorySpanExporter,
+        tap: RecordingTap | None = None,
+    ) -> None:
         self.url = url
         self.sink = sink
         self.spans = spans
+        self.tap = tap  # between the sidecar and vLLM, when the fixture put one there
+
+    def upstream_api_calls(self) -> int:
+        """Requests the sidecar sent to the engine's OpenAI API (not /metrics, /tokenize)."""
+        assert self.tap is not None, "this sidecar has no tap"
+        return sum(1 for path, _, _ in self.tap.exchanges if path.startswith("/v1/"))
 
     def client(self, secret: str = DEV_SECRET) -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=secret, max_retries=0, timeout=120)
@@ -79,15 +100,38 @@ def proxy_snapshot(engine_url: str) -> PolicySnapshot:
     return base.model_copy(update={"keys": [dev, *extra], "features": [*base.features, long]})
 
 
-@pytest.fixture(scope="module", name="sidecar")
-def sidecar_fixture(engine_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sidecar]:
-    store = PolicyStore(tmp_path_factory.mktemp("state"))
-    store.replace(proxy_snapshot(engine_url))
+@contextlib.contextmanager
+def serve_sidecar(
+    upstream_url: str, state_dir: Path, tap: RecordingTap | None = None
+) -> Iterator[Sidecar]:
+    """A sidecar with the proxy tests' policy in front of `upstream_url`."""
+    store = PolicyStore(state_dir)
+    store.replace(proxy_snapshot(upstream_url))
     sink, spans = MemorySink(), InMemorySpanExporter()
-    settings = Settings(upstream_url=engine_url, state_dir=store.state_path.parent)  # type: ignore[union-attr]
+    settings = Settings(upstream_url=upstream_url, state_dir=state_dir)
     app = create_app(settings, policy_store=store, sink=sink, span_exporter=spans)
     with run_sidecar(app=app) as url:
-        yield Sidecar(url, sink, spans)
+        yield Sidecar(url, sink, spans, tap)
+
+
+@pytest.fixture(scope="module", name="sidecar")
+def sidecar_fixture(engine_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sidecar]:
+    """Straight to the engine (cancellation must reach vLLM itself)."""
+    with serve_sidecar(engine_url, tmp_path_factory.mktemp("state")) as sidecar:
+        yield sidecar
+
+
+@pytest.fixture(scope="module", name="sidecar")
+def tapped_sidecar_fixture(
+    engine_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Sidecar]:
+    """Through a RecordingTap, so a test can tell exactly what reached the engine, whatever
+    else uses a shared development engine."""
+    with (
+        run_recording_tap(engine_url) as (tap_url, tap),
+        serve_sidecar(tap_url, tmp_path_factory.mktemp("state"), tap) as sidecar,
+    ):
+        yield sidecar
 
 
 @pytest.fixture(scope="module", name="direct")

@@ -16,12 +16,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from sidecar.app import create_app
-from sidecar.policy import PolicyStore
-from sidecar.settings import Settings
-from sidecar.sinks import MemorySink
 from tests.proxy_support import (
     CHAT,
     EXPIRED_SECRET,
@@ -30,10 +25,10 @@ from tests.proxy_support import (
     direct_fixture,
     engine_counters,
     post_raw,
-    proxy_snapshot,
+    serve_sidecar,
     sidecar_fixture,
 )
-from tests.sidecar_support import DEV_SECRET, run_recording_tap, run_sidecar
+from tests.sidecar_support import DEV_SECRET, run_recording_tap
 
 __all__ = ["direct_fixture", "sidecar_fixture"]
 
@@ -67,22 +62,18 @@ def test_stream_without_usage_is_byte_identical(
     """The client gets exactly the bytes vLLM sent for its request, less the usage event the
     sidecar asked for. A tap between the two records what vLLM really sent."""
     body = {"model": "tiny", "messages": CHAT, "max_tokens": 10, "temperature": 0, "stream": True}
-    with run_recording_tap(engine_url) as (tap_url, tap):
-        store = PolicyStore(tmp_path_factory.mktemp("tap-state"))
-        store.replace(proxy_snapshot(tap_url))
-        sink = MemorySink()
-        settings = Settings(upstream_url=tap_url, state_dir=store.state_path.parent)  # type: ignore[union-attr]
-        with run_sidecar(app=create_app(settings, policy_store=store, sink=sink)) as url:
-            resp = httpx.post(
-                f"{url}/v1/chat/completions",
-                json=body,
-                headers={"authorization": f"Bearer {DEV_SECRET}"},
-                timeout=120,
-            )
-            assert resp.status_code == 200
-            record = Sidecar(url, sink, InMemorySpanExporter()).record(
-                resp.headers["x-gpuledger-request-id"]
-            )
+    with (
+        run_recording_tap(engine_url) as (tap_url, tap),
+        serve_sidecar(tap_url, tmp_path_factory.mktemp("tap-state"), tap) as tapped,
+    ):
+        resp = httpx.post(
+            f"{tapped.url}/v1/chat/completions",
+            json=body,
+            headers={"authorization": f"Bearer {DEV_SECRET}"},
+            timeout=120,
+        )
+        assert resp.status_code == 200
+        record = tapped.record(resp.headers["x-gpuledger-request-id"])
     [(sent, from_vllm)] = tap.bodies("/v1/chat/completions")
     assert json.loads(sent)["stream_options"] == {"include_usage": True}
     events = from_vllm.decode().split("\n\n")
