@@ -6,10 +6,14 @@ GPULEDGER_TEST_ENGINE_URL to reuse one that is already running (what developers 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import threading
+import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -19,6 +23,43 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@contextlib.contextmanager
+def serve_in_thread(
+    app: Any,
+    name: str,
+    *,
+    port: int | None = None,
+    startup_timeout_s: float = 60.0,
+    **config: Any,
+) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn in a background thread on 127.0.0.1:`port` (default: a
+    free one); yields the base URL and stops the server on exit. The app's lifespan runs in the
+    server thread's own event loop. `config`: more uvicorn.Config options."""
+    import uvicorn
+
+    port = port or free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **config
+        )
+    )
+    thread = threading.Thread(target=server.run, name=f"{name}-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + startup_timeout_s
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError(f"the {name} failed to start (see the log above)")
+        if time.monotonic() > deadline:
+            server.should_exit = True
+            raise TimeoutError(f"the {name} did not start in time")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +82,9 @@ def redis_url() -> str:
 
 @pytest.fixture(scope="session")
 def postgres_admin_url() -> str:
-    return os.environ.get("GPULEDGER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    return os.environ.get(
+        "GPULEDGER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+    )
 
 
 @pytest.fixture

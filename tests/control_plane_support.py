@@ -10,8 +10,6 @@ Reused by the sidecar (shipping, policy sync, leases) and dashboard tests:
 from __future__ import annotations
 
 import random
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +23,7 @@ import uuid_utils
 
 from control_plane.settings import Settings
 from gpuledger.contracts import UsageRecord
-from tests.conftest import free_port
+from tests.conftest import serve_in_thread
 
 ADMIN_TOKEN = "test-admin-token"
 SIDECAR_TOKEN = "test-sidecar-token"
@@ -46,35 +44,18 @@ def cp_settings(database_url: str, **overrides: Any) -> Settings:
 
 
 @contextmanager
-def run_control_plane(settings: Settings, *, span_exporter: Any = None) -> Iterator[str]:
-    """Serve `create_app(settings)` with uvicorn in a thread on a free port (migrations are
-    applied on start); yields the base URL and stops the server on exit. `span_exporter`: an
-    in-memory exporter for the app's spans (tracing tests)."""
-    import uvicorn
-
+def run_control_plane(
+    settings: Settings, *, span_exporter: Any = None, port: int | None = None
+) -> Iterator[str]:
+    """Serve `create_app(settings)` with uvicorn in a thread (migrations are applied on start);
+    yields the base URL. `port`: a chosen one, so a control plane can stop and come back at the
+    same URL (default: a free one). `span_exporter`: an in-memory exporter for the app's spans
+    (tracing tests)."""
     from control_plane.app import create_app
 
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(settings, span_exporter=span_exporter),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name=f"control-plane-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("control plane did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    app = create_app(settings, span_exporter=span_exporter)
+    with serve_in_thread(app, "control plane", port=port) as url:
+        yield url
 
 
 def admin_client(base_url: str, token: str = ADMIN_TOKEN) -> httpx.Client:

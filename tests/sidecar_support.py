@@ -12,18 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import uvicorn
 from aiohttp import ClientSession, web
 from fastapi import FastAPI
 
 from gpuledger.contracts import PolicySnapshot
 from sidecar.policy import load_policy_file
 from sidecar.settings import Settings
-from tests.conftest import free_port
+from tests.conftest import free_port, serve_in_thread
 
 REPO = Path(__file__).resolve().parent.parent
 DEV_POLICY = REPO / "deploy" / "policy.dev.yaml"
@@ -39,33 +37,15 @@ def run_sidecar(
         from sidecar.app import create_app
 
         app = create_app(settings)
-    port = free_port()
-    config = uvicorn.Config(
+    with serve_in_thread(
         app,
-        host="127.0.0.1",
-        port=port,
+        "sidecar",
+        startup_timeout_s=startup_timeout_s,
         loop="uvloop",
         http="httptools",
-        log_level="warning",
         access_log=False,
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name=f"sidecar-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + startup_timeout_s
-    while not server.started:
-        if not thread.is_alive():
-            raise RuntimeError("the sidecar failed to start (see the log above)")
-        if time.monotonic() > deadline:
-            server.should_exit = True
-            raise TimeoutError("the sidecar did not start in time")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
+    ) as url:
+        yield url
 
 
 def dev_snapshot(engine_url: str, **feature_overrides: dict[str, object]) -> PolicySnapshot:
@@ -82,14 +62,20 @@ def dev_snapshot(engine_url: str, **feature_overrides: dict[str, object]) -> Pol
 
 
 class RecordingTap:
-    """A pass-through between the sidecar and vLLM that keeps what each side sent.
+    """A pass-through in front of a service (vLLM, the control plane) that keeps what each side
+    sent, streaming the answer through as it comes.
 
     vLLM may merge several tokens into one SSE event when its output loop falls behind (the CI
     machine is loaded), so two identical requests can stream different bytes. Comparing what the
-    client got with what vLLM sent *for the same request* is the only exact check."""
+    client got with what vLLM sent *for the same request* is the only exact check.
+
+    `max_body_bytes`: request bodies above it get 413 and go no further, as nginx's
+    `client_max_body_size` does (settable while serving)."""
 
     def __init__(self, engine_url: str) -> None:
         self.engine_url = engine_url
+        self.url = ""  # set by run_recording_tap
+        self.max_body_bytes: int | None = None
         self.exchanges: list[tuple[str, bytes, bytes]] = []  # (path, request body, response body)
 
     def bodies(self, path: str) -> list[tuple[bytes, bytes]]:
@@ -97,6 +83,8 @@ class RecordingTap:
 
     async def relay(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
+        if self.max_body_bytes is not None and len(body) > self.max_body_bytes:
+            return web.Response(status=413, text="413 Request Entity Too Large")
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
         async with (
             ClientSession() as session,
@@ -124,6 +112,7 @@ def run_recording_tap(engine_url: str) -> Iterator[tuple[str, RecordingTap]]:
     """Serve a `RecordingTap` in front of `engine_url`; yields (its base URL, the tap)."""
     tap = RecordingTap(engine_url)
     port = free_port()
+    tap.url = f"http://127.0.0.1:{port}"
     loop = asyncio.new_event_loop()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", tap.relay)
@@ -133,7 +122,7 @@ def run_recording_tap(engine_url: str) -> Iterator[tuple[str, RecordingTap]]:
     thread = threading.Thread(target=loop.run_forever, name=f"tap-{port}", daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{port}", tap
+        yield tap.url, tap
     finally:
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
         loop.call_soon_threadsafe(loop.stop)

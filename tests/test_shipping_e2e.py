@@ -16,11 +16,10 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -29,36 +28,15 @@ import pytest
 
 from sidecar.settings import Settings as SidecarSettings
 from tests.conftest import free_port
-from tests.control_plane_support import SIDECAR_TOKEN, admin_client, cp_settings
+from tests.control_plane_support import (
+    SIDECAR_TOKEN,
+    admin_client,
+    cp_settings,
+    run_control_plane,
+)
 from tests.sidecar_support import REPO, run_sidecar
 
 pytestmark = pytest.mark.engine
-
-
-@contextmanager
-def control_plane_on(db_url: str, port: int) -> Iterator[str]:
-    """The real control plane on a chosen port, so it can stop and come back at the same URL
-    (tests.control_plane_support.run_control_plane always picks a new port)."""
-    import uvicorn
-
-    from control_plane.app import create_app
-
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(cp_settings(db_url)), host="127.0.0.1", port=port, log_level="warning"
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "control plane did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def seed(base_url: str, engine_url: str) -> tuple[str, str]:
@@ -119,7 +97,7 @@ def test_outage_then_recovery_lands_exactly_500(tmp_path: Path, engine_url: str)
     cp_port = free_port()
     state_dir = tmp_path / "sidecar"
     cp = ExitStack()
-    cp_url = cp.enter_context(control_plane_on(db_url, cp_port))
+    cp_url = cp.enter_context(run_control_plane(cp_settings(db_url), port=cp_port))
     key_id, secret = seed(cp_url, engine_url)
     settings = SidecarSettings(
         sidecar_id="sidecar-outage",
@@ -144,7 +122,7 @@ def test_outage_then_recovery_lands_exactly_500(tmp_path: Path, engine_url: str)
         assert files_contain(spool_files, key_id.encode()), "the spool holds the records"
         assert not files_contain(spool_files, secret.encode()), "secret in the sidecar state"
 
-        with control_plane_on(db_url, cp_port):
+        with run_control_plane(cp_settings(db_url), port=cp_port):
             wait_until(
                 lambda: metric(sidecar_url, "gpuledger_spool_backlog_records") == 0, 60, "drain"
             )
@@ -195,7 +173,7 @@ def test_sigkill_after_responses_ships_everything_on_restart(
     db_url = f"sqlite+aiosqlite:///{db_path}"
     cp_port, port = free_port(), free_port()
     state_dir = tmp_path / "sidecar"
-    with control_plane_on(db_url, cp_port):
+    with run_control_plane(cp_settings(db_url), port=cp_port):
         _, secret = seed(f"http://127.0.0.1:{cp_port}", engine_url)
         proc = start_sidecar_process(port, cp_port, state_dir, engine_url)
         wait_until(lambda: (state_dir / "policy.json").exists(), 30, "policy sync")
@@ -210,7 +188,7 @@ def test_sigkill_after_responses_ships_everything_on_restart(
     with sqlite3.connect(state_dir / "usage-spool.db") as conn:
         assert conn.execute("SELECT COUNT(*) FROM spool").fetchone()[0] == 40
 
-    with control_plane_on(db_url, cp_port):
+    with run_control_plane(cp_settings(db_url), port=cp_port):
         proc = start_sidecar_process(port, cp_port, state_dir, engine_url)
         try:
             wait_until(lambda: landed(db_path, "sidecar-killed")[0] >= 40, 60, "shipping")
@@ -267,7 +245,7 @@ def test_sigkill_the_instant_each_response_completes_loses_nothing(
     state_dir = tmp_path / "sidecar"
     url = f"http://127.0.0.1:{port}"
     completed: list[str] = []
-    with control_plane_on(db_url, cp_port):
+    with run_control_plane(cp_settings(db_url), port=cp_port):
         _, secret = seed(f"http://127.0.0.1:{cp_port}", engine_url)
         proc = start_sidecar_process(port, cp_port, state_dir, engine_url)
         wait_until(lambda: (state_dir / "policy.json").exists(), 30, "policy sync")
@@ -282,7 +260,7 @@ def test_sigkill_the_instant_each_response_completes_loses_nothing(
             proc.wait(timeout=30)
         assert completed[-1] in spooled_ids(state_dir), f"request {i}'s record was lost"
 
-    with control_plane_on(db_url, cp_port):
+    with run_control_plane(cp_settings(db_url), port=cp_port):
         proc = start_sidecar_process(port, cp_port, state_dir, engine_url)
         try:
             wait_until(lambda: len(landed_ids(db_path, "sidecar-killed")) >= 6, 60, "shipping")

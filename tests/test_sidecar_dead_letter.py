@@ -20,7 +20,6 @@ from typing import Any
 
 import orjson
 import pytest
-from aiohttp import ClientSession, web
 from prometheus_client import CollectorRegistry
 
 from gpuledger.cli import main
@@ -38,62 +37,9 @@ from tests.control_plane_support import (
     run_control_plane,
     sqlite_url,
 )
+from tests.sidecar_support import RecordingTap, run_recording_tap
 
 LIMIT = 2048  # the proxy's body limit before the fix: an ordinary record is ~600 bytes
-
-
-class BodyLimitProxy:
-    """Reverse proxy in its own thread: bodies over `limit` get 413, the rest reach `upstream`."""
-
-    def __init__(self, upstream: str, limit: int) -> None:
-        self.upstream = upstream
-        self.limit = limit
-        self.url = f"http://127.0.0.1:{free_port()}"
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-
-    async def _forward(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        if len(body) > self.limit:
-            return web.Response(status=413, text="413 Request Entity Too Large")
-        headers = {
-            k: v
-            for k, v in request.headers.items()
-            if k.lower() in ("authorization", "content-type")
-        }
-        async with self._session.request(
-            request.method, self.upstream + request.path_qs, data=body, headers=headers
-        ) as resp:
-            body = await resp.read()
-            return web.Response(status=resp.status, body=body, content_type=resp.content_type)
-
-    def _serve(self) -> None:
-        async def start() -> None:
-            self._session = ClientSession()
-            app = web.Application()
-            app.router.add_route("*", "/{tail:.*}", self._forward)
-            self._runner = web.AppRunner(app)
-            await self._runner.setup()
-            await web.TCPSite(self._runner, "127.0.0.1", int(self.url.rsplit(":", 1)[1])).start()
-            self._ready.set()
-
-        self._loop.run_until_complete(start())
-        self._loop.run_forever()
-
-    def __enter__(self) -> BodyLimitProxy:
-        self._thread.start()
-        assert self._ready.wait(10), "proxy did not start"
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        async def stop() -> None:
-            await self._runner.cleanup()
-            await self._session.close()
-
-        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +49,11 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def proxy(control_plane: str) -> Iterator[BodyLimitProxy]:
-    with BodyLimitProxy(control_plane, LIMIT) as p:
-        yield p
+def proxy(control_plane: str) -> Iterator[RecordingTap]:
+    """A reverse proxy in front of the control plane that refuses bodies over LIMIT (413)."""
+    with run_recording_tap(control_plane) as (_, tap):
+        tap.max_body_bytes = LIMIT
+        yield tap
 
 
 def sidecar_settings(state_dir: Path, url: str) -> Settings:
@@ -150,7 +98,7 @@ def ids_in(path: Path) -> list[str]:
 
 
 async def test_refused_record_lands_exactly_once_after_the_fix(
-    tmp_path: Path, control_plane: str, proxy: BodyLimitProxy
+    tmp_path: Path, control_plane: str, proxy: RecordingTap
 ) -> None:
     settings = sidecar_settings(tmp_path, proxy.url)
     normal = [make_record(feature="dl-normal") for _ in range(3)]
@@ -172,7 +120,7 @@ async def test_refused_record_lands_exactly_once_after_the_fix(
     assert still.entry["last_replay_error"].startswith("HTTP 413")
     assert still.entry["reason"] == letter.reason  # the original reason is kept
 
-    proxy.limit = 1 << 20  # the fix
+    proxy.max_body_bytes = 1 << 20  # the fix
     result = await replay(path, settings)
     assert [x.record_id for x in result.replayed] == [big.id]
     assert (result.failed, result.remaining, result.error) == ([], 0, None)
@@ -194,7 +142,7 @@ async def test_refused_record_lands_exactly_once_after_the_fix(
 
 
 async def test_what_still_fails_stays_byte_for_byte(
-    tmp_path: Path, control_plane: str, proxy: BodyLimitProxy
+    tmp_path: Path, control_plane: str, proxy: RecordingTap
 ) -> None:
     settings = sidecar_settings(tmp_path, proxy.url)
     nan = make_record(feature="dl-nan", gpu_seconds=float("nan"))  # orjson writes NaN as null
@@ -212,7 +160,7 @@ async def test_what_still_fails_stays_byte_for_byte(
     assert (dry.sendable, dry.remaining, len(dry.failed)) == (1, 3, 2)
     assert path.read_bytes() == before and not replayed_path(path).exists()
 
-    proxy.limit = 1 << 20
+    proxy.max_body_bytes = 1 << 20
     result = await replay(path, settings)
     assert [x.record_id for x in result.replayed] == [big.id]
     why = {x.record_id: reason for x, reason in result.failed}
@@ -228,7 +176,7 @@ async def test_what_still_fails_stays_byte_for_byte(
 
 
 async def test_unreachable_control_plane_changes_nothing(
-    tmp_path: Path, proxy: BodyLimitProxy
+    tmp_path: Path, proxy: RecordingTap
 ) -> None:
     assert await ship(sidecar_settings(tmp_path, proxy.url), [big_record("dl-down")]) == 1
     path = dead_letter_path(tmp_path)
@@ -280,7 +228,7 @@ async def test_lines_appended_during_replays_are_never_lost(
 
 def test_cli_list_and_replay(
     tmp_path: Path,
-    proxy: BodyLimitProxy,
+    proxy: RecordingTap,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -312,7 +260,7 @@ def test_cli_list_and_replay(
     text = out().out
     assert "1 still failing" in text and "HTTP 413" in text
 
-    proxy.limit = 1 << 20
+    proxy.max_body_bytes = 1 << 20
     assert run("replay") == 0
     assert "replayed 1 record(s)" in out().out
     assert run("list") == 0
