@@ -2,9 +2,11 @@
 
 vLLM reuses KV blocks only for an identical *leading* run of tokens, in whole blocks (16 tokens
 on a GPU by default, 128 on the CPU backend). A system prompt that starts with a timestamp or the
-user's name defeats that for the entire static text behind it. Per feature we hash only the first `head_bytes` of the prompt
-(blake2b, 8 bytes) and keep the last `window` hashes; the share of openings in that window that are
-distinct is the *unstable ratio* (1.0: every request starts differently; ~0: one fixed opening).
+user's name defeats that for the entire static text behind it. Per feature we hash only the first
+`head_bytes` of the prompt (blake2b, 8 bytes) and keep the last `window` hashes; the share of
+openings in that window that are distinct is the *unstable ratio* (1.0: every request starts
+differently; ~0: one fixed opening). Each request's `Opening` goes on its usage record, so the
+control plane's prefix-cache report sums the same view across sidecars.
 
 Wasted prefill is an upper-bound estimate: for a request in an unstable feature whose opening was
 not seen in the window, the whole-block part of its prompt could have been a cache hit had the
