@@ -116,7 +116,7 @@ def serve_sidecar(
 
 @pytest.fixture(scope="module", name="sidecar")
 def sidecar_fixture(engine_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sidecar]:
-    """Straight to the engine (cancellation must reach vLLM itself)."""
+    """Straight to the engine."""
     with serve_sidecar(engine_url, tmp_path_factory.mktemp("state")) as sidecar:
         yield sidecar
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,12 +71,21 @@ class RecordingTap:
     client got with what vLLM sent *for the same request* is the only exact check.
 
     `max_body_bytes`: request bodies above it get 413 and go no further, as nginx's
-    `client_max_body_size` does (settable while serving)."""
+    `client_max_body_size` does (settable while serving).
+
+    `hold_after_events`: relay that many SSE events of an answer (0: not even its headers, as
+    vLLM does while it generates a plain answer), then relay no more until the caller hangs up,
+    which `hung_up` records and which closes the connection to the engine. However fast the
+    engine, the caller is still waiting when its own client goes: cancellation is tested
+    without racing the engine."""
 
     def __init__(self, engine_url: str) -> None:
         self.engine_url = engine_url
         self.url = ""  # set by run_recording_tap
         self.max_body_bytes: int | None = None
+        self.hold_after_events: int | None = None
+        self.held: list[str] = []  # paths of the answers held so far
+        self.hung_up: list[str] = []  # paths whose caller left while held
         self.exchanges: list[tuple[str, bytes, bytes]] = []  # (path, request body, response body)
 
     def bodies(self, path: str) -> list[tuple[bytes, bytes]]:
@@ -92,16 +102,33 @@ class RecordingTap:
                 request.method, f"{self.engine_url}{request.path_qs}", data=body, headers=headers
             ) as upstream,
         ):
+            held = self.hold_after_events
+            if held == 0:
+                await self._hold(request.path)
             reply = web.StreamResponse(status=upstream.status)
             reply.content_type = upstream.content_type
             await reply.prepare(request)
             received = bytearray()
             async for chunk in upstream.content.iter_any():
-                received += chunk
-                await reply.write(chunk)
+                # A loaded engine sends many events in one chunk: hold at the event boundary.
+                for piece in re.split(rb"(?<=\n\n)", chunk) if held else [chunk]:
+                    if held and received.count(b"\n\n") >= held:
+                        await self._hold(request.path)
+                    received += piece
+                    await reply.write(piece)
             self.exchanges.append((request.path, body, bytes(received)))
             await reply.write_eof()
             return reply
+
+    async def _hold(self, path: str) -> None:
+        """Until the caller hangs up (the server then cancels the handler)."""
+        self.held.append(path)
+        try:
+            await asyncio.sleep(120)
+        except asyncio.CancelledError:
+            self.hung_up.append(path)
+            raise
+        raise AssertionError("held for 120 s: the caller never hung up")
 
 
 _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
@@ -116,7 +143,8 @@ def run_recording_tap(engine_url: str) -> Iterator[tuple[str, RecordingTap]]:
     loop = asyncio.new_event_loop()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", tap.relay)
-    runner = web.AppRunner(app, access_log=None)
+    # Cancelling the handler of a caller that left is what closes the engine's connection.
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     loop.run_until_complete(runner.setup())
     loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
     thread = threading.Thread(target=loop.run_forever, name=f"tap-{port}", daemon=True)
