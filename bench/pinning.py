@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench import runner
+from bench import runner, stack
 
 # Several windows at 256 streams (the targets' level) and a rate ladder above what the 2-core VM
 # reached; ~5 minutes with two paths on a 16-core host.
@@ -54,7 +54,7 @@ def role(cmd: list[str]) -> str:
 
 def install(pins: dict[str, set[int]]) -> None:
     """Make the runner spawn its children on their cores (and pin this process to `load`)."""
-    spawn = runner._spawn
+    original = stack.spawn
 
     def pinned(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
         # Without an installed console script (the device has the repo on PYTHONPATH only),
@@ -64,7 +64,7 @@ def install(pins: dict[str, set[int]]) -> None:
         cores = pins.get(role(cmd), pins["load"])
         os.sched_setaffinity(0, cores)
         try:
-            popen = spawn(cmd, env, log)
+            popen = original(cmd, env, log)
         finally:
             os.sched_setaffinity(0, pins["load"])
         got = sorted(os.sched_getaffinity(popen.pid))
@@ -72,7 +72,7 @@ def install(pins: dict[str, set[int]]) -> None:
         return popen
 
     os.sched_setaffinity(0, pins["load"])
-    runner._spawn = pinned
+    stack.spawn = pinned
 
 
 def main(argv: list[str] | None = None) -> int:

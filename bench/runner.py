@@ -19,18 +19,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import math
 import os
 import platform
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +41,18 @@ from bench.loadgen import (
     percentile,
     summarize,
 )  # fmt: skip
-
-ROOT = Path(__file__).resolve().parent.parent
-PATHS = ("direct", "gpuledger", "litellm")
-SECRET = "glk_bench_0123456789abcdef0123456789abcdef"
-LITELLM_KEY = "sk-bench-litellm"
-MODEL = "llama-3.1-8b"
+from bench.stack import (
+    MODEL,
+    PATHS,
+    ROOT,
+    Proc,
+    cpu_seconds,
+    free_port,
+    rss_bytes,
+    start_all,
+    wait_ready,
+    with_headers,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -77,162 +78,6 @@ FULL = Plan({1: 4, 64: 4, 256: 2}, (1, 64, 256), {1: 8.0, 64: 10.0, 256: 10.0}, 
 
 
 # --- processes ---------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _tree(pid: int) -> list[int]:
-    pids, i = [pid], 0
-    while i < len(pids):
-        with contextlib.suppress(OSError):
-            for task in os.listdir(f"/proc/{pids[i]}/task"):
-                with open(f"/proc/{pids[i]}/task/{task}/children") as f:
-                    pids.extend(int(c) for c in f.read().split())
-        i += 1
-    return pids
-
-
-def cpu_seconds(pid: int) -> float:
-    """user+system CPU of a process and its descendants, from /proc (no psutil needed)."""
-    ticks, hz = 0, os.sysconf("SC_CLK_TCK")
-    for p in _tree(pid):
-        with contextlib.suppress(OSError), open(f"/proc/{p}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / hz
-
-
-def rss_bytes(pid: int) -> int:
-    total = 0
-    for p in _tree(pid):
-        with contextlib.suppress(OSError), open(f"/proc/{p}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-    return total
-
-
-@dataclass
-class Proc:
-    name: str
-    url: str
-    popen: subprocess.Popen[bytes] | None
-    headers: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def pid(self) -> int | None:
-        return self.popen.pid if self.popen else None
-
-    def stop(self) -> None:
-        if self.popen and self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-
-
-def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    out = log.open("wb")
-    return subprocess.Popen(cmd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
-                            cwd=ROOT, start_new_session=True)  # fmt: skip
-
-
-def _policy(sim_url: str) -> str:
-    from gpuledger.contracts import hash_key
-
-    far = "2099-01-01T00:00:00Z"
-    return json.dumps({
-        "version": "bench-1",
-        "keys": [{"id": "k_bench", "name": "bench", "key_hash": hash_key(SECRET),
-                  "features": ["bench"], "default_feature": "bench", "models": ["*"]}],
-        "features": [{"name": "bench", "default_max_tokens": 256, "max_tokens_cap": 1024,
-                      "over_cap": "reject", "max_prompt_tokens": 4096}],
-        "rate_limits": [{"scope": "key", "key_id": "k_bench",
-                         "limits": {"requests_per_minute": 10_000_000,
-                                    "tokens_per_minute": 10_000_000_000,
-                                    "concurrent_requests": 100_000}}],
-        "budgets": [{"feature": "bench", "period": "month", "period_start": "2026-01-01T00:00:00Z",
-                     "period_end": far, "limit_gpu_seconds": 1e12, "used_gpu_seconds": 0}],
-        "engines": [{"name": "sim", "url": sim_url, "model": MODEL, "gpu_type": "H100-80GB",
-                     "gpus": 1, "hourly_rate_usd": 2.5}],
-    })  # fmt: skip
-
-
-def start_all(tmp: Path, speedup: float, paths: tuple[str, ...], otlp_url: str) -> dict[str, Proc]:
-    py, sim_port = sys.executable, free_port()
-    sim_url = f"http://127.0.0.1:{sim_port}"
-    procs = {"direct": Proc("direct", sim_url, _spawn(
-        [py, "-m", "serving.simulator", "--port", str(sim_port), "--speedup", str(speedup)],
-        {}, tmp / "simulator.log"))}  # fmt: skip
-    if "gpuledger" in paths:
-        _start_sidecar(procs, tmp, sim_url, otlp_url)
-    if "litellm" in paths:
-        _start_litellm(procs, tmp, sim_url)
-    return procs
-
-
-def _start_sidecar(procs: dict[str, Proc], tmp: Path, sim_url: str, otlp_url: str) -> None:
-    py, side_port = sys.executable, free_port()
-    policy = tmp / "policy.yaml"
-    policy.write_text(_policy(sim_url))
-    side_env = {
-        "GPULEDGER_HOST": "127.0.0.1", "GPULEDGER_PORT": str(side_port),
-        "GPULEDGER_UPSTREAM_URL": sim_url, "GPULEDGER_UPSTREAM_NAME": "sim",
-        "GPULEDGER_POLICY_FILE": str(policy), "GPULEDGER_STATE_DIR": str(tmp / "sidecar"),
-        "GPULEDGER_USAGE_JSONL": str(tmp / "usage.jsonl"), "GPULEDGER_TRACING_ENABLED": "true",
-        "GPULEDGER_SIDECAR_ID": "bench", "GPULEDGER_SHEDDING_ENABLED": "true",
-        # Spans are exported for real (to the runner's OTLP sink), not just created.
-        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_url,
-    }  # fmt: skip
-    gpl = shutil.which("gpuledger", path=str(Path(py).parent)) or "gpuledger"
-    procs["gpuledger"] = Proc("gpuledger", f"http://127.0.0.1:{side_port}",
-                              _spawn([gpl, "sidecar"], side_env, tmp / "sidecar.log"),
-                              {"Authorization": f"Bearer {SECRET}"})  # fmt: skip
-
-
-def _start_litellm(procs: dict[str, Proc], tmp: Path, sim_url: str) -> None:
-    lite_port = free_port()
-    cfg = (ROOT / "bench" / "litellm_config.yaml").read_text().replace("UPSTREAM", sim_url)
-    (tmp / "litellm.yaml").write_text(cfg)
-    lite = ROOT / ".venv-litellm" / "bin" / "litellm"
-    lite_env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY_DISABLED": "true",
-                "LITELLM_LOG": "ERROR", "DISABLE_SCHEMA_UPDATE": "true",
-                # It fetches a llama-3 tokenizer from the Hub to count tokens; fail fast offline.
-                "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}  # fmt: skip
-    procs["litellm"] = Proc("litellm", f"http://127.0.0.1:{lite_port}", _spawn(
-        [str(lite), "--config", str(tmp / "litellm.yaml"), "--host", "127.0.0.1",
-         "--port", str(lite_port), "--num_workers", "1"], lite_env, tmp / "litellm.log"),
-        {"Authorization": f"Bearer {LITELLM_KEY}"})  # fmt: skip
-
-
-async def wait_ready(session: aiohttp.ClientSession, procs: dict[str, Proc], tmp: Path,
-                     timeout_s: float = 120.0) -> None:  # fmt: skip
-    """Wait until one real request succeeds on each path (health alone may precede routing)."""
-    w = Workload(model=MODEL, max_tokens=2, stream=False)
-    deadline = time.monotonic() + timeout_s
-    for name, p in procs.items():
-        while True:
-            if p.popen is not None and p.popen.poll() is not None:
-                log = tmp / f"{ {'direct': 'simulator', 'gpuledger': 'sidecar'}.get(name, name)}.log"
-                tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-                raise RuntimeError(f"{name} exited ({p.popen.returncode}):\n{tail}")
-            res, _ = await closed_loop(session, p.url, _with(w, p), 1, requests=1)
-            if res[0].error is None:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{name} not ready: {res[0].error}")
-            await asyncio.sleep(0.5)
-
-
-def _with(w: Workload, p: Proc) -> Workload:
-    return replace(w, extra_headers=p.headers)
 
 
 @dataclass
@@ -294,7 +139,7 @@ async def latency_phase(session: aiohttp.ClientSession, procs: dict[str, Proc], 
             for name in order:
                 p, cell = procs[name], cells[c][name]
                 cpu0 = cpu_seconds(p.pid) if p.pid and name != "direct" else 0.0
-                res, wall = await closed_loop(session, p.url, _with(w, p), c, duration_s=plan.seconds[c],
+                res, wall = await closed_loop(session, p.url, with_headers(w, p), c, duration_s=plan.seconds[c],
                                               hard_stop_s=plan.hard_stop_s)  # fmt: skip
                 cell.cpu += (cpu_seconds(p.pid) - cpu0) if p.pid and name != "direct" else 0.0
                 cell.results += res
@@ -315,7 +160,7 @@ async def slo_phase(session: aiohttp.ClientSession, procs: dict[str, Proc], plan
         for name in list(active):
             p = procs[name]
             for attempt in (1, 2):
-                res, wall = await open_loop(session, p.url, _with(w, p), rate, plan.rate_seconds)
+                res, wall = await open_loop(session, p.url, with_headers(w, p), rate, plan.rate_seconds)
                 s = summarize(res, plan.rate_seconds)
                 ok = (s.errors <= 0.01 * max(1, s.requests) and s.ttft_ms["p99"] <= plan.slo_ttft_ms
                       and wall <= plan.rate_seconds * 1.5)  # fmt: skip
@@ -334,7 +179,7 @@ async def slo_phase(session: aiohttp.ClientSession, procs: dict[str, Proc], plan
 
 async def rss_phase(session: aiohttp.ClientSession, p: Proc, total: int, log: Any) -> dict[str, float]:
     """RSS after 10% and after 100% of `total` short non-streamed requests at 64 in flight."""
-    w = _with(Workload(model=MODEL, max_tokens=4, stream=False, prompt_chars=200), p)
+    w = with_headers(Workload(model=MODEL, max_tokens=4, stream=False, prompt_chars=200), p)
     assert p.pid is not None
     first = max(1, total // 10)
     await closed_loop(session, p.url, w, 64, requests=first)
@@ -452,7 +297,7 @@ async def run(plan: Plan, args: argparse.Namespace) -> int:
                 # Warm-up: lazy imports, and connection pools (client's and proxy's) as wide as the
                 # highest concurrency, so no path pays for opening connections inside a window.
                 n = plan.warm_litellm if name == "litellm" else max(plan.concurrencies)
-                await closed_loop(session, p.url, _with(w, p), n, requests=n, hard_stop_s=plan.hard_stop_s)
+                await closed_loop(session, p.url, with_headers(w, p), n, requests=n, hard_stop_s=plan.hard_stop_s)
                 log(f"{name} ready at {p.url}")
             cells = await latency_phase(session, procs, plan, w, log)
             slo = await slo_phase(session, procs, plan, w, log)
