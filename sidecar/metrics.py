@@ -39,13 +39,14 @@ class SidecarMetrics:
         self.cost_usd = Counter(
             "gpuledger_cost_usd",
             "Cost of the attributed GPU-seconds at the engine's hourly rate",
-            ["feature", "model"],
+            ["feature", "model", "engine"],
             registry=registry,
         )
         self.cloud_cost_usd = Counter(
             "gpuledger_cloud_equivalent_cost_usd",
             "What the same tokens would cost at the reference cloud API's list price",
-            ["feature", "model"],
+            # With the cost above, per engine: their ratio is the break-even utilization.
+            ["feature", "model", "engine"],
             registry=registry,
         )
         self.rejections = Counter(
@@ -81,16 +82,17 @@ class SidecarMetrics:
             ["feature"],
             registry=registry,
         )
-        self._series: dict[tuple[str, str], _Series] = {}
+        self._series: dict[tuple[str, str, str], _Series] = {}
         self._requests: dict[tuple[str, str, str], Counter] = {}
 
     def observe(
         self, record: UsageRecord, feature: str, model: str, mean_itl_s: float | None
     ) -> None:
         """Account one finished request; `feature` / `model` are already bounded label values."""
-        series = self._series.get((feature, model))
+        series = self._series.get((feature, model, record.upstream))
         if series is None:
-            series = self._series[(feature, model)] = _Series(self, feature, model)
+            series = _Series(self, feature, model, record.upstream)
+            self._series[(feature, model, record.upstream)] = series
         status = self._requests.get((feature, model, record.status))
         if status is None:
             status = self.requests.labels(feature, model, record.status)
@@ -117,18 +119,19 @@ class SidecarMetrics:
 
 
 class _Series:
-    """The labelled children of one (feature, model): `labels()` validates and locks on every
-    call, so the request path looks them up once and keeps them (both labels are bounded)."""
+    """The labelled children of one (feature, model, engine): `labels()` validates and locks on
+    every call, so the request path looks them up once and keeps them (all labels are bounded:
+    engines come from the policy)."""
 
     __slots__ = ("cached", "cloud", "cost", "e2e", "gpu", "input", "itl", "output", "ttft")
 
-    def __init__(self, m: SidecarMetrics, feature: str, model: str) -> None:
+    def __init__(self, m: SidecarMetrics, feature: str, model: str, engine: str) -> None:
         self.input = m.tokens.labels(feature, model, "input")
         self.cached = m.tokens.labels(feature, model, "cached_input")
         self.output = m.tokens.labels(feature, model, "output")
         self.gpu = m.gpu_seconds.labels(feature, model)
-        self.cost = m.cost_usd.labels(feature, model)
-        self.cloud = m.cloud_cost_usd.labels(feature, model)
+        self.cost = m.cost_usd.labels(feature, model, engine)
+        self.cloud = m.cloud_cost_usd.labels(feature, model, engine)
         self.ttft = m.ttft.labels(feature, model)
         self.itl = m.itl.labels(feature, model)
         self.e2e = m.e2e.labels(feature, model)

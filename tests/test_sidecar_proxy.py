@@ -227,6 +227,11 @@ def test_metrics_families_and_no_secret_anywhere(
         assert family in text, family
     assert 'status="rejected:invalid_api_key"' in text
     assert 'kind="output"' in text and 'feature="default",model="tiny"' in text
+    # Per engine too: the break-even recording rule divides one by the other, engine by engine.
+    for money in ("gpuledger_cost_usd_total", "gpuledger_cloud_equivalent_cost_usd_total"):
+        value = re.search(rf'^{money}{{engine="local",feature="default",model="tiny"}} (\S+)$',
+                          text, re.M)  # fmt: skip
+        assert value and float(value.group(1)) > 0, money
     for secret in (DEV_SECRET, ONLY_OTHER_SECRET, EXPIRED_SECRET, "glk_"):
         assert secret not in text
         assert secret not in caplog.text
