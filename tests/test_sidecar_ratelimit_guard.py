@@ -135,6 +135,43 @@ async def test_settlement_refunds_unused_reservation() -> None:
     assert later.response_headers["x-ratelimit-remaining-tokens"] == str(1000 - 120 - 10)
 
 
+async def test_gpu_seconds_limit_holds_parallel_requests_once_the_cost_is_known() -> None:
+    """Charged only at the end, a GPU-seconds limit would let any number of parallel requests
+    through an empty bucket. Once a request of the feature has been measured, each admission
+    holds back its tokens at the learned cost until it settles."""
+    guard = local_guard(policy(rule("feature", gpu_seconds_per_minute=10.0)))
+    first = await guard.admit(ctx(prompt=10, max_out=90))  # nothing known yet: reserves nothing
+    assert first is not None
+    await first.settle(record(10, 90, gpu_seconds=2.0))  # 0.02 GPU-s a token
+    # 8 GPU-s left; each request reserves 100 tokens x 0.02 = 2 GPU-s: four fit, the fifth waits.
+    running = [await guard.admit(ctx(prompt=10, max_out=90)) for _ in range(4)]
+    with pytest.raises(RateLimited) as info:
+        await guard.admit(ctx(prompt=10, max_out=90))
+    assert "GPU-seconds per minute" in info.value.message
+    for admission in running:  # each used a quarter of its reservation: three fit again
+        assert admission is not None
+        await admission.settle(record(10, 15, gpu_seconds=0.5))
+    assert [await guard.admit(ctx(prompt=10, max_out=90)) for _ in range(3)]
+    with pytest.raises(RateLimited):
+        await guard.admit(ctx(prompt=10, max_out=90))
+
+
+async def test_gpu_reservation_never_exceeds_the_limit() -> None:
+    """An over-estimate delays a request until the bucket has drained; it never refuses it for
+    good."""
+    clock = Clock()
+    guard = local_guard(policy(rule("feature", gpu_seconds_per_minute=1.0)), clock)
+    first = await guard.admit(ctx())
+    assert first is not None
+    await first.settle(record(10, 90, gpu_seconds=0.5))  # learned: 0.005 GPU-s a token
+    big = ctx(prompt=100, max_out=4000)  # estimated 20.5 GPU-s against 1 a minute
+    with pytest.raises(RateLimited) as info:  # waits for the first's 0.5 GPU-s to drain...
+        await guard.admit(big)
+    assert info.value.retry_after_s == pytest.approx(30.0, abs=0.01)
+    clock.now += info.value.retry_after_s + 0.01
+    assert await guard.admit(ctx(prompt=100, max_out=4000)) is not None  # ... then passes
+
+
 async def test_release_when_a_later_guard_refuses_consumes_nothing() -> None:
     guard = local_guard(policy(rule("key", requests_per_minute=1, concurrent_requests=1)))
     admission = await guard.admit(ctx())

@@ -123,6 +123,19 @@ async def test_gpu_seconds_charged_on_completion_block_until_drained() -> None:
     assert backend.acquire_now(scope, 0).allowed
 
 
+async def test_gpu_seconds_reserved_at_admission_hold_back_parallel_requests() -> None:
+    backend = LocalBackend(Clock())
+    scope = (ScopeLimits("f:x", gpm=6.0),)
+    # Each request is expected to cost 2.5 GPU-s: two fit in 6/min, a third in parallel doesn't.
+    assert backend.acquire_now(scope, 0, 2.5).allowed
+    assert backend.acquire_now(scope, 0, 2.5).allowed
+    refused = backend.acquire_now(scope, 0, 2.5)
+    assert not refused.allowed and refused.dimension == "gpu_seconds"
+    await backend.settle(scope, "", 0, 0, 0.5 - 2.5)  # the first really cost 0.5: refunded
+    assert backend.acquire_now(scope, 0, 2.5).allowed
+    assert not backend.acquire_now(scope, 0, 2.5).allowed
+
+
 async def test_release_before_running_refunds_the_request() -> None:
     backend = LocalBackend(Clock())
     scope = (ScopeLimits("k:a", rpm=1, tpm=100),)

@@ -69,24 +69,24 @@ async def test_same_decisions_as_the_in_process_backend(client: CountingRedis, p
         ScopeLimits("k:k1", rpm=50, concurrency=5),
         ScopeLimits("f:chat", tpm=5000, gpm=20.0),
     )
-    live: list[tuple[str, int]] = []
+    live: list[tuple[str, int, float]] = []
     admitted = 0
     last_beat = clock.now
     for step in range(400):
         clock.now += rng.choice([0.0, 0.0, 0.05, 0.5, 2.0])
         if clock.now - last_beat >= 10.0:  # as the guard does for its live leases
-            await redis_b.heartbeat([(scopes[1], lease) for lease, _ in live])
+            await redis_b.heartbeat([(scopes[1], lease) for lease, _, _ in live])
             last_beat = clock.now
         if live and rng.random() < 0.4:
-            lease, reserved = live.pop(rng.randrange(len(live)))
+            lease, reserved, gpu_reserved = live.pop(rng.randrange(len(live)))
             real, gpu = rng.randint(0, reserved + 50), rng.choice([0.0, 0.3, 2.5])
-            await redis_b.settle(scopes, lease, 0, real - reserved, gpu)
-            await local_b.settle(scopes, lease, 0, real - reserved, gpu)
+            await redis_b.settle(scopes, lease, 0, real - reserved, gpu - gpu_reserved)
+            await local_b.settle(scopes, lease, 0, real - reserved, gpu - gpu_reserved)
             continue
-        reserved = rng.randint(10, 400)
+        reserved, gpu_reserved = rng.randint(10, 400), rng.choice([0.0, 0.5, 3.0])
         lease = f"lease-{step}"
-        got_r = await redis_b.acquire(scopes, reserved, lease)
-        got_l = await local_b.acquire(scopes, reserved, lease)
+        got_r = await redis_b.acquire(scopes, reserved, lease, gpu_reserved)
+        got_l = await local_b.acquire(scopes, reserved, lease, gpu_reserved)
         assert (got_r.allowed, got_r.scope_id, got_r.dimension) == (
             got_l.allowed,
             got_l.scope_id,
@@ -94,7 +94,7 @@ async def test_same_decisions_as_the_in_process_backend(client: CountingRedis, p
         ), f"step {step}"
         if got_r.allowed:
             admitted += 1
-            live.append((lease, reserved))
+            live.append((lease, reserved, gpu_reserved))
             for q_r, q_l in ((got_r.requests, got_l.requests), (got_r.tokens, got_l.tokens)):
                 assert q_r is not None and q_l is not None
                 assert (q_r.limit, q_r.remaining) == (q_l.limit, q_l.remaining), f"step {step}"

@@ -10,7 +10,9 @@ arrival time* (TAT). `TAT - now` is how much of the bucket is in use, in seconds
 There is no window edge, so the fixed-window burst (a full limit just before the boundary and
 another just after) cannot happen: over any interval `t` at most `L + L * t / PERIOD_S` units pass.
 A settlement moves the TAT by the difference between the real and reserved cost (refunds never
-below `now`: a bucket can't hold more than its limit).
+below `now`: a bucket can't hold more than its limit). Tokens reserve prompt + `max_tokens`;
+GPU-seconds reserve an estimate (see guard.py), so parallel requests cannot all slip through an
+empty bucket before the first of them is charged.
 """
 
 from __future__ import annotations
@@ -67,7 +69,11 @@ class Backend(Protocol):
     name: str
 
     async def acquire(
-        self, scopes: tuple[ScopeLimits, ...], reserved_tokens: int, lease_id: str
+        self,
+        scopes: tuple[ScopeLimits, ...],
+        reserved_tokens: int,
+        lease_id: str,
+        reserved_gpu_seconds: float = 0.0,
     ) -> Decision: ...
 
     async def settle(
@@ -76,10 +82,10 @@ class Backend(Protocol):
         lease_id: str,
         request_delta: int,
         token_delta: int,
-        gpu_seconds: float,
+        gpu_delta: float,
     ) -> None:
         """Move the buckets by real - reserved cost (`request_delta` is -1 for a request released
-        before it ran; a negative `token_delta` refunds), charge `gpu_seconds`, free the lease."""
+        before it ran; negative token and GPU deltas refund), free the lease."""
         ...
 
     async def heartbeat(self, leases: list[tuple[ScopeLimits, str]]) -> None:

@@ -2,8 +2,8 @@
 
 Per request: look up the scopes that apply (key, feature, key x feature; memoised per policy
 snapshot), admit against all of them in one backend call, put OpenAI's `x-ratelimit-*` headers
-on the response, and return an admission that settles the token reservation to the real count
-and frees the concurrency lease when the request ends. A request refused here, or released
+on the response, and return an admission that settles the token and GPU-seconds reservations to
+the real counts and frees the concurrency lease when the request ends. A request refused here, or released
 because a later guard refused it, consumes no quota.
 
 Redis errors: `on_backend_error="open"` admits against the in-process fallback (limits then hold
@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 
 from gpuledger.contracts import PolicySnapshot, RateLimitPolicy, UsageRecord
 from sidecar.background import serve_until_cancelled
+from sidecar.budget_state import RateLearner
 from sidecar.errors import RateLimited, UpstreamUnavailable
 from sidecar.hooks import RequestContext
 from sidecar.ratelimit.base import (
@@ -104,7 +105,16 @@ class _Index:
 
 
 class RateLimitAdmission:
-    __slots__ = ("_backend", "_guard", "_lease_id", "_reserved", "_scopes", "_settled")
+    __slots__ = (
+        "_backend",
+        "_gpu_cost",
+        "_guard",
+        "_lease_id",
+        "_reserved",
+        "_reserved_gpu",
+        "_scopes",
+        "_settled",
+    )
 
     def __init__(
         self,
@@ -113,12 +123,16 @@ class RateLimitAdmission:
         scopes: tuple[ScopeLimits, ...],
         reserved: int,
         lease_id: str,
+        reserved_gpu: float = 0.0,
+        gpu_cost: RateLearner | None = None,
     ) -> None:
         self._guard = guard
         self._backend = backend
         self._scopes = scopes
         self._reserved = reserved
         self._lease_id = lease_id
+        self._reserved_gpu = reserved_gpu
+        self._gpu_cost = gpu_cost
         self._settled = False
 
     async def settle(self, record: UsageRecord | None) -> None:
@@ -127,10 +141,12 @@ class RateLimitAdmission:
         self._settled = True
         self._guard._live.pop(self._lease_id, None)
         if record is None:
-            requests, tokens, gpu = -1, -self._reserved, 0.0
+            requests, tokens, gpu = -1, -self._reserved, -self._reserved_gpu
         else:
             tokens = record.input_tokens + record.output_tokens - self._reserved
-            requests, gpu = 0, record.gpu_seconds
+            requests, gpu = 0, record.gpu_seconds - self._reserved_gpu
+            if self._gpu_cost is not None:
+                self._gpu_cost.observe(record)
         if requests == 0 and not any(s.tpm or s.gpm or s.concurrency for s in self._scopes):
             return  # requests-per-minute only: nothing moves after admission
         try:
@@ -167,6 +183,8 @@ class RateLimitGuard:
         self._down_until = 0.0
         # Live admissions holding concurrency leases on the shared backend: lease id -> scopes.
         self._live: dict[str, tuple[ScopeLimits, ...]] = {}
+        # GPU-seconds per token, per feature, for the GPU-seconds-per-minute reservations.
+        self._gpu_costs: dict[str, RateLearner] = {}
         self._heartbeat_task: asyncio.Task[None] | None = None
         registry = registry if registry is not None else CollectorRegistry()
         self.backend_errors = Counter(
@@ -201,19 +219,38 @@ class RateLimitGuard:
         backend = self.backend
         if backend is not self.fallback and time.monotonic() < self._down_until:
             backend = self._degraded()
+        gpu_cost, reserved_gpu = self._gpu_reservation(scopes, ctx.feature.name, reserved)
         try:
-            decision = await backend.acquire(scopes, reserved, lease_id)
+            decision = await backend.acquire(scopes, reserved, lease_id, reserved_gpu)
         except BACKEND_ERRORS as exc:
             self._backend_failed(backend, exc, "admit")
             backend = self._degraded()
-            decision = await backend.acquire(scopes, reserved, lease_id)
+            decision = await backend.acquire(scopes, reserved, lease_id, reserved_gpu)
         if not decision.allowed:
             raise self._refusal(decision, reserved, ctx.response_headers)
         ctx.response_headers.update(quota_headers(decision.requests, decision.tokens))
         if needs_lease and backend is not self.fallback:
             self._live[lease_id] = scopes
             self._ensure_heartbeat()
-        return RateLimitAdmission(self, backend, scopes, reserved, lease_id)
+        return RateLimitAdmission(
+            self, backend, scopes, reserved, lease_id, reserved_gpu, gpu_cost
+        )
+
+    def _gpu_reservation(
+        self, scopes: tuple[ScopeLimits, ...], feature: str, reserved_tokens: int
+    ) -> tuple[RateLearner | None, float]:
+        """What a GPU-seconds-per-minute limit holds back while the request runs: its reserved
+        tokens at the feature's learned GPU-seconds per token (nothing until the feature's first
+        request has been measured), settled to the real charge at the end. Capped at the
+        smallest such limit, so that an over-estimate can delay a request, never refuse it
+        outright."""
+        limits = [s.gpm for s in scopes if s.gpm]
+        if not limits:
+            return None, 0.0
+        learner = self._gpu_costs.get(feature)
+        if learner is None:
+            learner = self._gpu_costs[feature] = RateLearner(0.0)
+        return learner, min(learner.rate * reserved_tokens, *limits)
 
     def _degraded(self) -> LocalBackend:
         if self.on_backend_error == "closed":

@@ -27,11 +27,20 @@ class LocalBackend:
         self._slots: dict[str, int] = {}
 
     async def acquire(
-        self, scopes: tuple[ScopeLimits, ...], reserved_tokens: int, lease_id: str
+        self,
+        scopes: tuple[ScopeLimits, ...],
+        reserved_tokens: int,
+        lease_id: str,
+        reserved_gpu_seconds: float = 0.0,
     ) -> Decision:
-        return self.acquire_now(scopes, reserved_tokens)
+        return self.acquire_now(scopes, reserved_tokens, reserved_gpu_seconds)
 
-    def acquire_now(self, scopes: tuple[ScopeLimits, ...], reserved_tokens: int) -> Decision:
+    def acquire_now(
+        self,
+        scopes: tuple[ScopeLimits, ...],
+        reserved_tokens: int,
+        reserved_gpu_seconds: float = 0.0,
+    ) -> Decision:
         """The synchronous check (what the benchmark times). Hot path: kept flat on purpose."""
         now = self._clock()
         tat = self._tat
@@ -43,7 +52,7 @@ class LocalBackend:
             for dim, limit, cost in (
                 ("requests", s.rpm, 1.0),
                 ("tokens", s.tpm, float(reserved_tokens)),
-                ("gpu_seconds", s.gpm, 0.0),
+                ("gpu_seconds", s.gpm, reserved_gpu_seconds),
             ):
                 if not limit:
                     continue
@@ -70,7 +79,7 @@ class LocalBackend:
                         retry_after_s=None if never else max(used - PERIOD_S, 0.001),
                     )
                 plan.append((key, (new, per)))
-                if cost:
+                if cost and dim != "gpu_seconds":  # OpenAI's headers: requests and tokens
                     left = (PERIOD_S - used) / per
                     if dim == "requests":
                         if best_rq is None or left < best_rq[0]:
@@ -101,7 +110,7 @@ class LocalBackend:
         lease_id: str,
         request_delta: int,
         token_delta: int,
-        gpu_seconds: float,
+        gpu_delta: float,
     ) -> None:
         now = self._clock()
         for s in scopes:
@@ -109,8 +118,8 @@ class LocalBackend:
                 self._move((s.scope_id, "requests"), request_delta, PERIOD_S / s.rpm, now)
             if s.tpm and token_delta:
                 self._move((s.scope_id, "tokens"), token_delta, PERIOD_S / s.tpm, now)
-            if s.gpm and gpu_seconds > 0:
-                self._move((s.scope_id, "gpu_seconds"), gpu_seconds, PERIOD_S / s.gpm, now)
+            if s.gpm and gpu_delta:
+                self._move((s.scope_id, "gpu_seconds"), gpu_delta, PERIOD_S / s.gpm, now)
             if s.concurrency:
                 left = self._slots.get(s.scope_id, 0) - 1
                 if left > 0:

@@ -70,10 +70,20 @@ class RedisBackend:
         return f"{self.prefix}{scope_id}:{dimension}"
 
     async def acquire(
-        self, scopes: tuple[ScopeLimits, ...], reserved_tokens: int, lease_id: str
+        self,
+        scopes: tuple[ScopeLimits, ...],
+        reserved_tokens: int,
+        lease_id: str,
+        reserved_gpu_seconds: float = 0.0,
     ) -> Decision:
         keys: list[str] = []
-        args: list[Any] = [self._now(), lease_id, self.lease_ttl_s * 1000.0, reserved_tokens]
+        args: list[Any] = [
+            self._now(),
+            lease_id,
+            self.lease_ttl_s * 1000.0,
+            reserved_tokens,
+            repr(float(reserved_gpu_seconds)),
+        ]
         for s in scopes:
             keys.extend(self.key(s.scope_id, d) for d in DIMENSIONS)
             args.extend((_limit(s.rpm), _limit(s.tpm), _limit(s.gpm), _limit(s.concurrency)))
@@ -111,7 +121,7 @@ class RedisBackend:
         lease_id: str,
         request_delta: int,
         token_delta: int,
-        gpu_seconds: float,
+        gpu_delta: float,
     ) -> None:
         keys: list[str] = []
         args: list[Any] = [
@@ -119,7 +129,7 @@ class RedisBackend:
             lease_id,
             request_delta,
             token_delta,
-            repr(float(gpu_seconds)),
+            repr(float(gpu_delta)),
         ]
         for s in scopes:
             keys.extend(self.key(s.scope_id, d) for d in DIMENSIONS)

@@ -3,7 +3,7 @@
 --
 -- KEYS: 4 per scope: requests TAT, tokens TAT, gpu-seconds TAT, concurrency lease ZSET
 -- ARGV[1] now in ms ('' = Redis TIME, shared by all replicas), ARGV[2] lease id,
--- ARGV[3] lease ttl ms, ARGV[4] reserved tokens,
+-- ARGV[3] lease ttl ms, ARGV[4] reserved tokens, ARGV[5] reserved GPU-seconds (an estimate),
 -- then 4 per scope: rpm, tpm, gpu-seconds per minute, concurrency (0 = no limit)
 --
 -- Returns {1, rq_used, tok_used, ...} with 2 entries per scope ('' where no limit), or
@@ -37,14 +37,15 @@ end
 local lease = ARGV[2]
 local ttl = tonumber(ARGV[3])
 local reserved = tonumber(ARGV[4])
+local reserved_gpu = tonumber(ARGV[5])
 local scopes = #KEYS / 4
 
 local sets = {}
 local leases = {}
 local out = {1}
 for i = 0, scopes - 1 do
-  local a = 4 + i * 4
-  local costs = {1.0, reserved, 0.0}
+  local a = 5 + i * 4
+  local costs = {1.0, reserved, reserved_gpu}
   for d = 1, 3 do
     local limit = tonumber(ARGV[a + d])
     local used = ''

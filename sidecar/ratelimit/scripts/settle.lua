@@ -3,7 +3,7 @@
 --
 -- KEYS: 4 per scope: requests TAT, tokens TAT, gpu-seconds TAT, concurrency lease ZSET
 -- ARGV[1] now in ms ('' = Redis TIME), ARGV[2] lease id, ARGV[3] request delta (0 or -1),
--- ARGV[4] token delta (negative refunds), ARGV[5] GPU-seconds,
+-- ARGV[4] token delta, ARGV[5] GPU-seconds delta (negative deltas refund),
 -- then 4 per scope: rpm, tpm, gpu-seconds per minute, concurrency (0 = no limit)
 local PERIOD = 60000.0
 
