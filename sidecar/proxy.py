@@ -3,8 +3,8 @@
 Order for chat and completions: authenticate -> feature -> read body (413) -> parse (400) ->
 model allowed (403) -> hard guardrails (400) -> guard chain (rate limits, budgets, shedding) ->
 upstream. Everything refused before "upstream" never reaches vLLM. Upstream bytes are relayed as
-they arrive (`sidecar/streaming.py` meters them on the side); upstream errors pass through
-unchanged. Every request that got past authentication ends in exactly one usage record.
+they arrive (`sidecar/relay.py`; `sidecar/streaming.py` meters them on the side); upstream errors
+pass through unchanged. Every request that got past authentication ends in exactly one usage record.
 
 When a response completes, its record is durable (the spool's fsync) *before* the final bytes go
 out: the stream's `[DONE]` (or its end), or a non-streamed body. A sidecar killed with SIGKILL right
@@ -29,7 +29,7 @@ import aiohttp
 import orjson
 from opentelemetry.trace import Span, SpanKind
 
-from gpuledger.contracts import EnginePolicy, KeyPolicy, UsageRecord
+from gpuledger.contracts import KeyPolicy, UsageRecord
 from sidecar.asgi import (
     JSON,
     REQUEST_ID,
@@ -38,7 +38,6 @@ from sidecar.asgi import (
     Receive,
     Scope,
     Send,
-    encode_headers,
     fanout_of,
     header,
     model_of,
@@ -65,9 +64,9 @@ from sidecar.guardrails import (
 from sidecar.hooks import Admission, RequestContext
 from sidecar.metering import Ledger, Outcome, new_request_id
 from sidecar.prefix_advisor import prompt_head
+from sidecar.relay import Relay, unavailable
 from sidecar.shedding import soft_guardrails
-from sidecar.streaming import SseScanner
-from sidecar.tracing import inject_headers, parent_context
+from sidecar.tracing import parent_context
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +76,7 @@ class Proxy:
 
     def __init__(self, components: Components) -> None:
         self.c = components
+        self._relay = Relay(components)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = scope["path"], scope["method"]
@@ -221,7 +221,7 @@ class Proxy:
         watcher = asyncio.ensure_future(receive())
         watcher.add_done_callback(watch)
         try:
-            await self._upstream(
+            await self._relay(
                 scope, send, raw, span, headers, engine, extra, outcome, watch, ledger,
                 request_id=request_id, t0=t0, drop_usage=drop_usage, stream=stream, op=op,
                 fanout=fanout_of(body),
@@ -248,154 +248,6 @@ class Proxy:
         )
         span.set_attribute("gen_ai.request.model", model)
         return span
-
-    async def _upstream(
-        self,
-        scope: Scope,
-        send: Send,
-        payload: bytes,
-        span: Span,
-        headers: dict[bytes, bytes],
-        engine: EnginePolicy,
-        extra: dict[str, str],
-        outcome: Outcome,
-        watch: DisconnectWatch,
-        ledger: Ledger,
-        *,
-        request_id: str,
-        t0: float,
-        drop_usage: bool,
-        stream: bool,
-        op: str,
-        fanout: int,
-    ) -> None:
-        c = self.c
-        up_headers = {"content-type": header(headers, b"content-type") or "application/json"}
-        if c.settings.upstream_api_key:
-            up_headers["authorization"] = f"Bearer {c.settings.upstream_api_key}"
-        inject_headers(span, up_headers)
-        url = engine.url.rstrip("/") + scope["path"]
-        if scope.get("query_string"):
-            url += "?" + scope["query_string"].decode("latin-1")
-        try:
-            try:
-                resp = await c.http().request(
-                    scope["method"], url, data=payload, headers=up_headers
-                )
-            except aiohttp.ServerDisconnectedError:
-                # A pooled connection the engine closed as we reused it: it saw no request.
-                resp = await c.http().request(
-                    scope["method"], url, data=payload, headers=up_headers
-                )
-        except TimeoutError:
-            outcome.status = "upstream_error"
-            await send_error(send, _timeout(), extra)
-            return
-        except aiohttp.ClientError:
-            outcome.status = "upstream_error"
-            await send_error(send, _unavailable(engine.name), extra)
-            return
-        watch.resp = resp
-        try:
-            ctype = resp.headers.get("content-type", "application/json").encode("latin-1")
-            if resp.status == 200 and (stream or ctype.startswith(b"text/event-stream")):
-                await self._relay_stream(send, resp, ctype, extra, outcome, watch, ledger,
-                                         request_id, engine=engine, t0=t0,
-                                         drop_usage=drop_usage, chat=op == "chat",
-                                         fanout=fanout)  # fmt: skip
-            else:
-                await self._relay_whole(send, resp, ctype, extra, outcome, watch, ledger)
-        finally:
-            resp.close()
-
-    async def _relay_stream(
-        self,
-        send: Send,
-        resp: aiohttp.ClientResponse,
-        ctype: bytes,
-        extra: dict[str, str],
-        outcome: Outcome,
-        watch: DisconnectWatch,
-        ledger: Ledger,
-        request_id: str,
-        *,
-        engine: EnginePolicy,
-        t0: float,
-        drop_usage: bool,
-        chat: bool,
-        fanout: int,
-    ) -> None:
-        progress = self.c.metering.clock(engine).progress
-        scanner = SseScanner(drop_usage=drop_usage)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": resp.status,
-                "headers": [(b"content-type", ctype), *encode_headers(extra)],
-            }
-        )
-        try:
-            async for chunk in resp.content.iter_any():
-                out = scanner.feed(chunk, time.monotonic())
-                if out:
-                    await send({"type": "http.response.body", "body": out, "more_body": True})
-                    progress(request_id, scanner.events)
-                if watch.gone:
-                    break
-        except (aiohttp.ClientError, TimeoutError):
-            # A clean end of the chunked body ends the loop; an engine that dies mid-stream or
-            # goes silent past read_timeout_s raises here.
-            if not watch.gone:
-                outcome.status = "upstream_error"
-        if scanner.first_at is not None:
-            outcome.ttft_s = scanner.first_at - t0
-        role_events = fanout if chat else 0
-        content = scanner.content_events(role_events)
-        if scanner.last_at is not None and scanner.first_at is not None and content > 1:
-            outcome.mean_itl_s = (scanner.last_at - scanner.first_at) / (content - 1)
-        outcome.finish_reasons = scanner.finish_reasons
-        if scanner.usage is not None:
-            outcome.take_usage(scanner.usage)
-        else:
-            outcome.output_tokens = content  # chunks seen: one token per chunk per choice
-            outcome.estimated = True
-        if watch.gone:
-            outcome.status = "cancelled"
-            return
-        watch.finished = True
-        await ledger.write()  # durable before the client sees the end (the scanner held it back)
-        await send({"type": "http.response.body", "body": scanner.finish(), "more_body": False})
-
-    async def _relay_whole(
-        self,
-        send: Send,
-        resp: aiohttp.ClientResponse,
-        ctype: bytes,
-        extra: dict[str, str],
-        outcome: Outcome,
-        watch: DisconnectWatch,
-        ledger: Ledger,
-    ) -> None:
-        try:
-            data = await resp.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            if watch.gone:
-                outcome.status = "cancelled"
-                return
-            outcome.status = "upstream_error"
-            error = _timeout() if isinstance(exc, TimeoutError) else _unavailable("engine")
-            await send_error(send, error, extra)
-            return
-        if watch.gone:
-            outcome.status = "cancelled"
-            return
-        if resp.status >= 400:
-            outcome.status = "upstream_error"
-        elif ctype.startswith(JSON):
-            _take_response(data, outcome)
-        watch.finished = True
-        await ledger.write()  # durable before the client gets the answer
-        await send_bytes(send, resp.status, data, ctype, extra)
 
     async def _models(self, scope: Scope, send: Send) -> None:
         """vLLM's model list, filtered to what the key may use (and merged across engines)."""
@@ -426,7 +278,7 @@ class Proxy:
                 if isinstance(model_id, str) and model_allowed(key, model_id):
                     seen.setdefault(model_id, item)
         if not reached:
-            await send_error(send, _unavailable("engine"), extra)
+            await send_error(send, unavailable("engine"), extra)
             return
         body = orjson.dumps({"object": "list", "data": list(seen.values())})
         await send_bytes(send, 200, body, JSON, extra)
@@ -439,35 +291,3 @@ async def _settle_all(admissions: list[Admission], record: UsageRecord | None) -
             await admission.settle(record)
         except Exception:
             log.exception("settling an admission failed")
-
-
-def _take_response(data: bytes, outcome: Outcome) -> None:
-    """Usage, finish reasons and model from a non-streamed JSON response."""
-    try:
-        parsed = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return
-    if not isinstance(parsed, dict):
-        return
-    usage = parsed.get("usage")
-    if isinstance(usage, dict):
-        outcome.take_usage(usage)
-    model = parsed.get("model")
-    if isinstance(model, str):
-        outcome.response_model = model
-    choices = parsed.get("choices")
-    if isinstance(choices, list):
-        outcome.finish_reasons = [
-            ch["finish_reason"]
-            for ch in choices
-            if isinstance(ch, dict) and isinstance(ch.get("finish_reason"), str)
-        ]
-
-
-def _timeout() -> UpstreamUnavailable:
-    return UpstreamUnavailable("The engine did not answer in time.", code="upstream_timeout",
-                               status=504)  # fmt: skip
-
-
-def _unavailable(engine: str) -> UpstreamUnavailable:
-    return UpstreamUnavailable(f"The engine {engine!r} is unreachable.")

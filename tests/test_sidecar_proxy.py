@@ -4,7 +4,7 @@ The tiny model is deterministic at temperature 0, so what the client gets throug
 compared with what vLLM answers directly; the stream's bytes with what vLLM sent for the same
 request. Also: the record is written before the last byte, tracing and metrics.
 The gate (guardrails, refusals) is in test_sidecar_proxy_gate.py, cancellation in
-test_sidecar_cancellation.py.
+test_sidecar_relay.py.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""A client that hangs up: the sidecar meters what it served (status `cancelled`) and closes its
-connection to the engine, which is what makes vLLM abort the request.
+"""The relay (sidecar/relay.py) when a client hangs up: the sidecar meters what it served (status
+`cancelled`) and closes its connection to the engine, which is what makes vLLM abort the request.
+The relay's everyday path (byte-identical streams, records before the last byte) is exercised
+end to end in test_sidecar_proxy.py.
 
 The sidecar talks to vLLM through a RecordingTap that holds the answer part-way until the
 sidecar hangs up. Without it these tests race the engine: the idle tiny model serves 450 tokens
