@@ -21,9 +21,25 @@ class RateLimitIn(BaseModel):
     key_id: str | None = None
     feature: str | None = None
     requests_per_minute: int | None = Field(default=None, ge=1)
-    tokens_per_minute: int | None = Field(default=None, ge=1)
-    concurrent_requests: int | None = Field(default=None, ge=1)
-    gpu_seconds_per_minute: float | None = Field(default=None, gt=0)
+    tokens_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        description="Input + output tokens. Admission reserves prompt + max_tokens; the "
+        "reservation settles to the real count when the request ends.",
+    )
+    concurrent_requests: int | None = Field(
+        default=None,
+        ge=1,
+        description="Requests in flight, shared by every sidecar on the same Redis (leases that "
+        "expire if a sidecar dies).",
+    )
+    gpu_seconds_per_minute: float | None = Field(
+        default=None,
+        gt=0,
+        description="Attributed GPU-seconds. Admission reserves prompt + max_tokens at the "
+        "feature's learned GPU-seconds per token (capped at this limit); the reservation settles "
+        "to the real charge when the request ends.",
+    )
 
     @model_validator(mode="after")
     def _scope_fields(self) -> RateLimitIn:
