@@ -14,10 +14,14 @@ feature. ``granted_gpu_seconds`` is what it may still charge after everything it
 are charged against the new grant, and the request asks for them on top of its headroom.
 
 Estimate = (prompt tokens + max output tokens) x GPU-seconds per token x `safety`. The per-token
-rate is learned from completed requests, engine-wide and per feature (sidecar/budget_state.py):
-a conservative prior until the first request, then an EWMA that rises fast and falls slowly, so a
-burst of expensive requests cannot slip under stale, cheap estimates. A feature with fewer than
-5 requests of its own never goes below the engine-wide rate.
+cost is learned from completed requests, engine-wide and per feature (sidecar/budget_state.py):
+a prior until the first request, then the recent *peak* (it jumps to any dearer request and
+decays slowly towards an EWMA that rises fast and falls slowly). A burst is admitted all at once
+on estimates, so what it overshoots is the sum of its requests' excess over their estimate: on
+the mean that was up to 40% of a budget on a loaded CPU engine; on the peak, only what the burst
+costs above the dearest recent request. A feature with fewer than 5 requests of its own never
+goes below the engine-wide peak. Near the end of a budget this admits fewer requests at once;
+settlement refunds the difference, and later requests use the rest.
 
 Control plane unreachable (the last lease call failed) and the lease can't cover a request:
 `fail_mode="open"` admits (metered `gpuledger_budget_fail_open_total{feature}`, logged) until
@@ -135,9 +139,9 @@ class BudgetGuard:
         tokens = ctx.prompt_tokens_estimate + ctx.max_output_tokens
         own = st.cost
         if own.samples >= 5:
-            rate = own.rate
+            rate = own.peak
         else:  # little history of its own: never below what all traffic costs (or the prior)
-            rate = max(own.rate, self._learner.rate) if own.samples else self._learner.rate
+            rate = max(own.peak, self._learner.peak) if own.samples else self._learner.peak
         estimate = tokens * rate * self.safety
         if estimate > st.max_estimate:
             st.max_estimate = estimate

@@ -69,12 +69,20 @@ class RateLearner:
     """GPU-seconds per token, learned from completed requests: the prior until the first one,
     then rising fast and falling slowly (under-estimates are what overshoot a budget). The
     guard's engine-wide learner (every request, budgeted or not) is also the admission returned
-    for features without a budget (one shared object: nothing to release)."""
+    for features without a budget (one shared object: nothing to release).
 
-    __slots__ = ("rate", "samples")
+    `peak` is the recent high: it jumps to any dearer request and decays towards `rate` by
+    `PEAK_DECAY` per request. Requests of one feature differ several-fold in cost per token
+    (one that runs alone at the tail of a batch pays all the engine's time); a burst admitted
+    on the mean overshoots by the sum of those differences, on the peak it mostly does not."""
+
+    __slots__ = ("peak", "rate", "samples")
+
+    PEAK_DECAY = 0.05
 
     def __init__(self, prior_rate: float) -> None:
         self.rate = prior_rate
+        self.peak = prior_rate
         self.samples = 0
 
     def learn(self, observed: float) -> None:
@@ -82,9 +90,13 @@ class RateLearner:
             # The prior is a guess for an engine we know nothing about; one real request says
             # more. (Easing down from a prior 20x too high took ~60 requests, during which a
             # budget admitted a small fraction of what it covered.)
-            self.rate = observed
+            self.rate = self.peak = observed
         else:
             self.rate += (0.5 if observed > self.rate else 0.05) * (observed - self.rate)
+            if observed > self.peak:
+                self.peak = observed
+            else:
+                self.peak += self.PEAK_DECAY * (self.rate - self.peak)
         self.samples += 1
 
     def observe(self, record: UsageRecord) -> float | None:

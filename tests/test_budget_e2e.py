@@ -129,7 +129,8 @@ def test_three_sidecars_hold_one_budget(tmp_path: Path, engine_url: str) -> None
 
         results = asyncio.run(fire(urls, secret, "metered", 200))
         drained()
-        burst_total = sum(charges(db_path, "metered"))
+        burst = charges(db_path, "metered")
+        burst_total = sum(burst)
         # Later waves: what the burst left of the budget is still usable, never more.
         for _ in range(6):
             time.sleep(1.0)
@@ -152,8 +153,9 @@ def test_three_sidecars_hold_one_budget(tmp_path: Path, engine_url: str) -> None
     max_request = max(charged + costs)
     total = sum(charged)
     print(
-        f"calibrated {mean:.4f} GPU-s/request, limit {limit_s:.3f} GPU-s; burst of 200 charged "
-        f"{burst_total:.3f}; in all admitted {len(ok)}, refused {len(refused)}, charged "
+        f"calibrated {mean:.4f} GPU-s/request (max {max(costs):.4f}), limit {limit_s:.3f} GPU-s; "
+        f"burst of 200 admitted {len(burst)} at {burst_total / max(1, len(burst)):.4f} GPU-s each, "
+        f"charged {burst_total:.3f}; in all admitted {len(ok)}, refused {len(refused)}, charged "
         f"{total:.3f} GPU-s (max request {max_request:.4f}); Retry-After values "
         f"{sorted({int(r.response.headers['retry-after']) for r in refused})[:3]}..."  # type: ignore[attr-defined]
     )
@@ -162,5 +164,8 @@ def test_three_sidecars_hold_one_budget(tmp_path: Path, engine_url: str) -> None
     # calibration and burst), so no count is asserted; the numbers are printed. But the budget
     # must be used, not refused while most of it is left.
     assert total >= 0.5 * limit_s, "the budget refused requests while half of it was left"
+    # Estimates use the recent peak cost per token (sidecar/budget_state.py), so the bound holds
+    # unless the engine itself gets several times slower between calibration and burst (seen
+    # only with CPU hogs beside the test: 5-50x dearer requests, 2 overshoots in 10 runs).
     assert burst_total <= limit_s + SIDECARS * max_request
     assert total <= limit_s + SIDECARS * max_request

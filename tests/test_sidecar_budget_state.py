@@ -34,6 +34,20 @@ def test_rises_fast_and_falls_slowly() -> None:
     assert learner.samples == 3
 
 
+def test_peak_jumps_to_a_dearer_request_and_decays_towards_the_rate() -> None:
+    learner = RateLearner(prior_rate=1.0)
+    assert learner.peak == 1.0  # the prior, until the first request
+    learner.learn(0.1)
+    assert learner.peak == pytest.approx(0.1)
+    learner.learn(0.6)  # one request six times dearer
+    assert (learner.rate, learner.peak) == (pytest.approx(0.35), pytest.approx(0.6))
+    for _ in range(100):
+        learner.learn(0.1)
+        assert learner.rate <= learner.peak
+    # Forgotten over ~100 requests: within 10% of the (slowly falling) rate, from 6x the usual.
+    assert learner.peak < 1.1 * learner.rate < 0.12
+
+
 def test_requests_without_tokens_or_cost_teach_nothing() -> None:
     learner = RateLearner(prior_rate=0.02)
     assert learner.observe(_record(0.5, 0)) is None
