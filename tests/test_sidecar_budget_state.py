@@ -40,7 +40,7 @@ def test_peak_jumps_to_a_dearer_request_and_decays_towards_the_rate() -> None:
     learner.learn(0.1)
     assert learner.peak == pytest.approx(0.1)
     learner.learn(0.6)  # one request six times dearer
-    assert (learner.rate, learner.peak) == (pytest.approx(0.35), pytest.approx(0.6))
+    assert learner.rate == pytest.approx(0.35) and learner.peak == pytest.approx(0.6)
     for _ in range(100):
         learner.learn(0.1)
         assert learner.rate <= learner.peak
