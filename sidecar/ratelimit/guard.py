@@ -3,8 +3,8 @@
 Per request: look up the scopes that apply (key, feature, key x feature; memoised per policy
 snapshot), admit against all of them in one backend call, put OpenAI's `x-ratelimit-*` headers
 on the response, and return an admission that settles the token and GPU-seconds reservations to
-the real counts and frees the concurrency lease when the request ends. A request refused here, or released
-because a later guard refused it, consumes no quota.
+the real counts and frees the concurrency lease when the request ends. A request refused here,
+or released because a later guard refused it, consumes no quota.
 
 Redis errors: `on_backend_error="open"` admits against the in-process fallback (limits then hold
 per replica, not fleet-wide) and skips Redis for `retry_backend_s` before trying it again;
