@@ -16,8 +16,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
@@ -27,7 +25,7 @@ import openai
 import pytest
 
 from sidecar.settings import Settings as SidecarSettings
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until
 from tests.control_plane_support import (
     SIDECAR_TOKEN,
     admin_client,
@@ -67,13 +65,6 @@ def metric(base_url: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     raise AssertionError(f"{name} not exported")
-
-
-def wait_until(cond: Callable[[], bool], limit_s: float, what: str) -> None:
-    deadline = time.monotonic() + limit_s
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def serve_requests(base_url: str, secret: str, n: int) -> None:

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from gpuledger.contracts import UsageRecord
+from tests.conftest import wait_until
 from tests.proxy_support import CHAT, Sidecar, engine_counters, tapped_sidecar_fixture
 from tests.sidecar_support import DEV_SECRET, RecordingTap
 
@@ -38,10 +38,16 @@ def tap_fixture(sidecar: Sidecar) -> Iterator[RecordingTap]:
 
 
 def wait_until_idle(engine_url: str) -> None:
-    deadline = time.monotonic() + 120
-    while engine_counters(engine_url)["vllm:num_requests_running"] > 0:
-        assert time.monotonic() < deadline, "the engine kept running the abandoned request"
-        time.sleep(0.05)
+    def idle() -> bool:
+        return engine_counters(engine_url)["vllm:num_requests_running"] == 0
+
+    wait_until(idle, 120, "the engine to stop the abandoned request", interval_s=0.05)
+
+
+def wait_for_hang_up(tap: RecordingTap, before: int) -> None:
+    """Until the sidecar has closed its connection to the engine (the tap saw its caller go)."""
+    wait_until(lambda: len(tap.hung_up) > before, 10, "the sidecar to close its engine connection",
+               interval_s=0.01)  # fmt: skip
 
 
 def test_abandoned_stream_is_cancelled_metered_and_closed_upstream(
@@ -67,10 +73,7 @@ def test_abandoned_stream_is_cancelled_metered_and_closed_upstream(
     assert 4 <= record.output_tokens < 450
     assert record.input_tokens > 0 and record.finish_reason is None
     assert "estimated_tokens" in record.guardrail_actions
-    deadline = time.monotonic() + 10
-    while len(tap.hung_up) == hung_up:  # the sidecar closed its engine connection
-        assert time.monotonic() < deadline, "the sidecar kept its engine connection open"
-        time.sleep(0.01)
+    wait_for_hang_up(tap, hung_up)
     assert tap.hung_up[-1] == "/v1/chat/completions"
     wait_until_idle(engine_url)
 
@@ -89,16 +92,12 @@ def test_abandoned_plain_request_is_cancelled(
     seen, held, hung_up = len(sidecar.sink.records), len(tap.held), len(tap.hung_up)
     with socket.create_connection((url.host, url.port or 80), timeout=30) as conn:
         conn.sendall(request)
-        deadline = time.monotonic() + 60
-        while len(tap.held) == held:  # the sidecar waits for the engine's headers
-            assert time.monotonic() < deadline, "the request never reached the engine"
-            time.sleep(0.01)
+        # The sidecar is then waiting for the engine's headers.
+        wait_until(lambda: len(tap.held) > held, 60, "the request to reach the engine",
+                   interval_s=0.01)  # fmt: skip
     record: UsageRecord = sidecar.sink.wait_for(seen + 1)[seen]
     # No usage comes back for an aborted plain request: the tokens it generated are unknown.
     assert record.status == "cancelled" and record.output_tokens == 0
     assert record.input_tokens > 0 and "estimated_tokens" in record.guardrail_actions
-    deadline = time.monotonic() + 10
-    while len(tap.hung_up) == hung_up:
-        assert time.monotonic() < deadline, "the sidecar kept its engine connection open"
-        time.sleep(0.01)
+    wait_for_hang_up(tap, hung_up)
     wait_until_idle(engine_url)
